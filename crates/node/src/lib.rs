@@ -1,0 +1,188 @@
+//! Node setup for nodedns: the local interface with the listen addresses (rtnetlink) and
+//! the conntrack-bypass firewall rules (nftables or iptables).
+//!
+//! # Fail-open: the rules only bypass conntrack while nodedns is alive
+//!
+//! node-cache NOTRACKs every packet to its addresses unconditionally. Because that NOTRACK
+//! is also what keeps kube-proxy's DNAT away from the kube-dns ClusterIP, a node-cache killed
+//! without cleanup (SIGKILL, OOM of the container) blackholes the node's DNS
+//! (kubernetes/dns#438). Here the *request* NOTRACK in raw PREROUTING is conditional on a
+//! local socket existing for the packet (nft `socket`, iptables `-m socket`). The kernel
+//! closes a dead process's sockets, so the next packet is tracked and kube-proxy's nat
+//! PREROUTING DNAT sends it to a kube-dns pod; when nodedns binds again, NOTRACK resumes.
+//! Measured on kernel 6.18 in a netns lab (pod → ClusterIP, UDP and TCP, IPv4 and IPv6, both
+//! backends): answers came from nodedns while it ran, from the DNAT target 0.2 s after
+//! SIGKILL, and from nodedns again right after restart.
+//!
+//! ## Known gap: host-network clients of a ClusterIP
+//!
+//! The request NOTRACK cannot be made conditional in OUTPUT: xt_socket is rejected there
+//! (EINVAL), and nft `socket` in OUTPUT inspects the *sending* socket (`skb->sk`), not a
+//! listener (lab: a connected TCP client matched `socket wildcard 0`, an unconnected UDP
+//! client did not). So no request NOTRACK is installed in OUTPUT at all: host-network clients
+//! querying a ClusterIP are DNATed by kube-proxy to kube-dns (correct, always fail-open, but
+//! uncached); host-network clients of a non-service address (169.254.20.10) reach nodedns
+//! with tracked packets. Replies to local clients are left tracked for symmetry.
+//!
+//! Established TCP connections do not survive a switch in either direction (their packets
+//! suddenly go to the other server, which answers RST); DNS clients retry.
+
+#![forbid(unsafe_code)]
+
+mod command;
+mod error;
+mod iptables;
+mod link;
+mod nft;
+mod spec;
+
+use std::net::IpAddr;
+
+pub use error::NodeError;
+pub use spec::{FirewallBackend, FirewallMode, InterfaceKind, InterfaceName, NodeSetupSpec};
+
+use link::LocalInterface;
+use spec::ValidSpec;
+
+/// What [`NodeSetup::apply`] had to (re)create; all-zero on a node already in shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// The interface was missing and was created.
+    pub interface_created: bool,
+    /// How many listen addresses were missing and were added.
+    pub addresses_added: usize,
+    /// The firewall rules were missing or differed and were rewritten.
+    pub rules_restored: bool,
+}
+
+impl Repairs {
+    /// Whether anything had to be done.
+    pub fn any(&self) -> bool {
+        self.interface_created || self.addresses_added > 0 || self.rules_restored
+    }
+}
+
+/// The node's nodedns interface, addresses and firewall rules, as configured.
+#[derive(Debug)]
+pub struct NodeSetup {
+    spec: ValidSpec,
+    /// `None` for [`FirewallMode::None`].
+    firewall: Option<FirewallBackend>,
+}
+
+impl NodeSetup {
+    /// Validates the spec and resolves the firewall backend.
+    ///
+    /// [`FirewallMode::Auto`] picks, in order:
+    /// 1. nftables if kube-proxy runs in nftables mode (`table ip kube-proxy` or
+    ///    `table ip6 kube-proxy` exists): such nodes may have no iptables at all;
+    /// 2. iptables if `iptables -V` works: kube-proxy's iptables mode (or anything else
+    ///    iptables-based) then sees our filter ACCEPTs in the same chains, as with node-cache;
+    /// 3. nftables if `nft` works; otherwise [`NodeError::NoFirewallTool`].
+    ///
+    /// Either backend's raw-priority NOTRACK works alongside the other's rules (both run
+    /// before conntrack), so a wrong guess costs consistency, not correctness.
+    ///
+    /// Probing runs `nft`/`iptables` on the calling thread, i.e. in its network namespace.
+    pub fn new(spec: NodeSetupSpec) -> Result<NodeSetup, NodeError> {
+        let spec = spec.validate()?;
+        let firewall = match spec.firewall {
+            FirewallMode::None => None,
+            FirewallMode::Iptables => Some(FirewallBackend::Iptables),
+            FirewallMode::Nftables => Some(FirewallBackend::Nftables),
+            FirewallMode::Auto => Some(match nft::kube_proxy_uses_nftables() {
+                Some(true) => FirewallBackend::Nftables,
+                nft_usable => {
+                    if iptables::available() {
+                        FirewallBackend::Iptables
+                    } else if nft_usable.is_some() {
+                        FirewallBackend::Nftables
+                    } else {
+                        return Err(NodeError::NoFirewallTool(
+                            "`nft list tables` and `iptables -V` both failed".to_owned(),
+                        ));
+                    }
+                }
+            }),
+        };
+        Ok(NodeSetup { spec, firewall })
+    }
+
+    /// The firewall backend in use (`None` for [`FirewallMode::None`]).
+    pub fn firewall_backend(&self) -> Option<FirewallBackend> {
+        self.firewall
+    }
+
+    /// The interface name.
+    pub fn interface(&self) -> &InterfaceName {
+        &self.spec.interface
+    }
+
+    fn addresses(&self) -> Vec<IpAddr> {
+        let t = &self.spec.targets;
+        t.v4.iter()
+            .copied()
+            .map(IpAddr::V4)
+            .chain(t.v6.iter().copied().map(IpAddr::V6))
+            .collect()
+    }
+
+    fn local_interface(&self) -> LocalInterface<'_> {
+        LocalInterface {
+            name: &self.spec.interface,
+            kind: self.spec.interface_kind,
+        }
+    }
+
+    /// Opens a route-netlink connection. The socket is created on the calling thread, so it
+    /// lives in that thread's network namespace wherever the connection task later runs.
+    fn netlink() -> Result<rtnetlink::Handle, NodeError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(NodeError::NetlinkSocket)?;
+        tokio::spawn(connection);
+        Ok(handle)
+    }
+
+    /// Brings the node to the configured state: interface up with every address, firewall
+    /// rules installed. Idempotent; call it at start and on every resync. Addresses come
+    /// before rules, so NOTRACK never points at an address that is not local yet.
+    pub async fn apply(&self) -> Result<Repairs, NodeError> {
+        let handle = Self::netlink()?;
+        let iface = self.local_interface();
+        let (index, interface_created) = iface.ensure_up(&handle).await?;
+        let addresses_added = iface
+            .ensure_addresses(&handle, index, &self.addresses())
+            .await?;
+        let rules_restored = match self.firewall {
+            None => false,
+            Some(FirewallBackend::Nftables) => nft::apply(&self.spec.targets)?,
+            Some(FirewallBackend::Iptables) => iptables::apply(&self.spec.targets)?,
+        };
+        let repairs = Repairs {
+            interface_created,
+            addresses_added,
+            rules_restored,
+        };
+        if repairs.any() {
+            tracing::info!(
+                ?repairs,
+                interface = self.spec.interface.as_str(),
+                "node setup repaired"
+            );
+        }
+        Ok(repairs)
+    }
+
+    /// Removes what nodedns installs — rules first (so no NOTRACK outlives the addresses),
+    /// then the interface with its addresses. Never touches other rules. Only call it when
+    /// no other nodedns instance on the node still serves (rolling update).
+    pub async fn teardown(&self) -> Result<(), NodeError> {
+        match self.firewall {
+            None => {}
+            Some(FirewallBackend::Nftables) => nft::teardown()?,
+            Some(FirewallBackend::Iptables) => iptables::teardown(&self.spec.targets)?,
+        }
+        let handle = Self::netlink()?;
+        self.local_interface().delete(&handle).await
+    }
+}

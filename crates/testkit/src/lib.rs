@@ -1,0 +1,49 @@
+//! Test support for nodedns: a programmable fake upstream DNS server standing in for CoreDNS,
+//! and a small synchronous client to query it (or the daemon) with.
+//!
+//! [`FakeUpstream`] serves UDP and TCP on one port from its own thread and tokio runtime, answers
+//! from canned data set per name and type, and injects faults per query ([`Behaviour`]): delay,
+//! drop, SERVFAIL, truncation, closed connections, wrong IDs or questions, extra records. It logs
+//! every query it receives, so tests can assert on what the daemon sent upstream.
+//!
+//! Synchronous `#[test]`s and `#[tokio::test]`s can both use it: every method blocks only
+//! briefly and never needs the caller's runtime.
+
+#![forbid(unsafe_code)]
+
+mod behaviour;
+mod client;
+mod fake_upstream;
+mod responder;
+mod script;
+mod server;
+
+use std::time::{Duration, Instant};
+
+pub use behaviour::Behaviour;
+pub use client::{
+    QueryError, exchange_tcp, exchange_udp, new_query, query_tcp, query_tcp_pipelined, query_udp,
+};
+pub use fake_upstream::{FakeUpstream, LoggedQuery, Transport};
+pub use responder::ADVERTISED_UDP_PAYLOAD_BYTES;
+
+/// How often [`wait_until`] re-checks its condition.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held. For state that
+/// settles asynchronously, such as [`FakeUpstream::open_tcp_connections`] after a client closes:
+/// `assert!(wait_until(Duration::from_secs(5), || upstream.open_tcp_connections() == 0))`.
+///
+/// Blocks the calling thread; from async code, call it in `spawn_blocking`.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(WAIT_POLL_INTERVAL);
+    }
+}
