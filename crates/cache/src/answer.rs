@@ -59,6 +59,14 @@ pub struct CacheableAnswer {
 }
 
 impl CacheableAnswer {
+    /// The TTL offsets as little-endian bytes, the form [`AnswerView::detached`] takes.
+    pub fn ttl_offsets_le(&self) -> Vec<u8> {
+        self.ttl_offsets
+            .iter()
+            .flat_map(|o| o.to_le_bytes())
+            .collect()
+    }
+
     /// Whether the offsets all point inside the message, leaving room for a 4-byte TTL.
     pub(crate) fn is_consistent(&self) -> bool {
         self.message.len() <= u16::MAX as usize
@@ -94,7 +102,20 @@ pub struct AnswerView<'a> {
     pub split: bool,
 }
 
-impl AnswerView<'_> {
+impl<'a> AnswerView<'a> {
+    /// A view of an answer held outside the cache (e.g. one too large to store, or a fetch
+    /// result handed to coalesced waiters). `ttl_offsets_le` is the offsets as little-endian
+    /// u16 pairs, as [`CacheableAnswer::ttl_offsets_le`] produces.
+    pub fn detached(message: &'a [u8], ttl_offsets_le: &'a [u8], ttl: u32, split: bool) -> Self {
+        AnswerView {
+            message,
+            ttl_offsets: ttl_offsets_le,
+            ttl,
+            freshness: Freshness::Fresh { refresh_due: false },
+            split,
+        }
+    }
+
     pub fn message_len(&self) -> usize {
         self.message.len()
     }
@@ -137,7 +158,13 @@ mod tests {
     #[test]
     fn positive_lifetime_is_clamped() {
         let p = policy();
-        let life = |t| Disposition::Positive { ttl: Ttl::from_secs(t) }.lifetime(&p).secs();
+        let life = |t| {
+            Disposition::Positive {
+                ttl: Ttl::from_secs(t),
+            }
+            .lifetime(&p)
+            .secs()
+        };
         assert_eq!(life(0), 5);
         assert_eq!(life(30), 30);
         assert_eq!(life(86400), 3600);

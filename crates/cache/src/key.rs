@@ -54,7 +54,9 @@ impl<'a> LowerName<'a> {
             if len > MAX_LABEL_LEN {
                 return Err(NameError::BadLabelType);
             }
-            let label = wire.get(pos + 1..pos + 1 + len).ok_or(NameError::Unterminated)?;
+            let label = wire
+                .get(pos + 1..pos + 1 + len)
+                .ok_or(NameError::Unterminated)?;
             if label.iter().any(u8::is_ascii_uppercase) {
                 return Err(NameError::NotLowercase);
             }
@@ -152,7 +154,10 @@ impl<'a> CacheKey<'a> {
 
 /// Lower-cases a wire name into `buf` (ASCII only, RFC 4343 §3) and validates it, returning the
 /// key name. The returned name borrows `buf`, so this allocates nothing.
-pub fn lowercase_into<'b>(wire: &[u8], buf: &'b mut [u8; MAX_NAME_LEN]) -> Result<LowerName<'b>, NameError> {
+pub fn lowercase_into<'b>(
+    wire: &[u8],
+    buf: &'b mut [u8; MAX_NAME_LEN],
+) -> Result<LowerName<'b>, NameError> {
     if wire.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong);
     }
@@ -174,7 +179,10 @@ mod tests {
         assert!(LowerName::new(b"\x00").is_ok());
         assert_eq!(LowerName::new(b"\x01A\x00"), Err(NameError::NotLowercase));
         assert_eq!(LowerName::new(b"\x01a"), Err(NameError::Unterminated));
-        assert_eq!(LowerName::new(b"\x01a\x00\x00"), Err(NameError::Unterminated));
+        assert_eq!(
+            LowerName::new(b"\x01a\x00\x00"),
+            Err(NameError::Unterminated)
+        );
         assert_eq!(LowerName::new(b"\xc0\x0c"), Err(NameError::BadLabelType));
         let mut long = vec![64u8];
         long.extend([b'a'; 64]);

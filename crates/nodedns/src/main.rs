@@ -1,1 +1,168 @@
-fn main() {}
+//! The `nodedns` command line: parse arguments, load config, hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use nodedns::config::{Config, ConfigError, parse_socket_addr};
+
+/// EX_USAGE (sysexits.h): bad config or arguments.
+const EX_USAGE: u8 = 64;
+/// EX_UNAVAILABLE: could not start.
+const EX_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(
+    name = "nodedns",
+    version,
+    about = "Node-local DNS cache for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve DNS. Without --config, uses the embedded default (127.0.0.1:5353 → /etc/resolv.conf).
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Admin HTTP address (repeatable); replaces `admin.listen`.
+        #[arg(long = "admin-listen")]
+        admin_listen: Vec<String>,
+    },
+    /// Validate a config file: exit 0, or 64 listing every problem.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Query every upstream endpoint of NAME's zone individually and report per endpoint.
+    Probe {
+        name: String,
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded_default(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
+        Command::Run {
+            config,
+            admin_listen,
+        } => {
+            let mut cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            if !admin_listen.is_empty() {
+                let mut addrs = Vec::new();
+                for a in &admin_listen {
+                    match parse_socket_addr(a, 9253) {
+                        Ok(a) => addrs.push(a),
+                        Err(e) => {
+                            eprintln!("--admin-listen: {e}");
+                            return ExitCode::from(EX_USAGE);
+                        }
+                    }
+                }
+                cfg.admin.listen = addrs;
+            }
+            nodedns::logging::init(&cfg.log);
+            match nodedns::daemon::run(
+                cfg,
+                nodedns::daemon::RunOptions {
+                    config_path: config,
+                },
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "nodedns failed");
+                    eprintln!("nodedns: {e}");
+                    ExitCode::from(EX_UNAVAILABLE)
+                }
+            }
+        }
+        Command::Probe {
+            name,
+            qtype,
+            config,
+            count,
+        } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            let Ok(rtype) = qtype
+                .to_ascii_uppercase()
+                .parse::<hickory_proto::rr::RecordType>()
+            else {
+                eprintln!("--type: unknown record type `{qtype}`");
+                return ExitCode::from(EX_USAGE);
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("nodedns: {e}");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            };
+            match rt.block_on(nodedns::probe::probe(
+                &cfg,
+                &name,
+                u16::from(rtype),
+                count.max(1),
+            )) {
+                Ok((zone, reports)) => {
+                    println!("probe {name} {qtype} x{count} via zone {zone}:");
+                    let mut failing = false;
+                    for r in &reports {
+                        println!("  {}", r.line());
+                        failing |= r.timeouts > 0 || !r.errors.is_empty();
+                    }
+                    if failing {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("nodedns probe: {e}");
+                    ExitCode::from(EX_USAGE)
+                }
+            }
+        }
+    }
+}

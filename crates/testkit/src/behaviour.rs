@@ -35,6 +35,9 @@ pub enum Behaviour {
     /// Over TCP: close the connection as soon as this query arrives, without answering it or any
     /// query still pending on that connection. Over UDP: never answer.
     CloseConnection,
+    /// Like `CloseConnection` for the first such query only; after that this question is
+    /// answered normally (an upstream that drops one connection, e.g. a restart).
+    CloseConnectionOnce,
     /// Answer with the query's ID plus one (wrapping), which a client must reject.
     WrongId,
     /// Answer with a question naming a different name (`wrong.` prepended to the asked name),
@@ -84,6 +87,8 @@ pub(crate) struct ResponsePlan {
     pub(crate) drop_probability: f64,
     /// Close the TCP connection (UDP: drop) instead of answering.
     pub(crate) close_connection: bool,
+    /// The close applies once; the question's behaviour then becomes `Answer`.
+    pub(crate) close_once: bool,
     /// How long to wait before sending the answer.
     pub(crate) delay: Duration,
     /// Replace the canned answer by this error rcode.
@@ -108,6 +113,10 @@ impl ResponsePlan {
             Behaviour::Delay(delay) => self.delay = self.delay.saturating_add(*delay),
             Behaviour::Truncate => self.truncate_udp = true,
             Behaviour::CloseConnection => self.close_connection = true,
+            Behaviour::CloseConnectionOnce => {
+                self.close_connection = true;
+                self.close_once = true;
+            }
             Behaviour::WrongId => self.wrong_id = true,
             Behaviour::WrongQuestion => self.wrong_question = true,
             Behaviour::ExtraRecords(records) => self.extra_records.extend(records.iter().cloned()),

@@ -8,7 +8,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{Name, RecordType};
 use rand::Rng;
 
-use crate::behaviour::ResponsePlan;
+use crate::behaviour::{Behaviour, ResponsePlan};
 use crate::fake_upstream::{LoggedQuery, Shared, Transport};
 use crate::script::{Resolution, normalize_name};
 
@@ -74,6 +74,12 @@ pub(crate) fn respond(
         return Outcome::NoAnswer;
     }
     if plan.close_connection {
+        if plan.close_once {
+            shared
+                .script
+                .lock()
+                .set_behaviour(&name, rtype, Behaviour::Answer);
+        }
         return match transport {
             Transport::Tcp => Outcome::CloseConnection,
             Transport::Udp => Outcome::NoAnswer,

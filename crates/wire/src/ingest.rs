@@ -57,7 +57,9 @@ pub fn answers_question(resp: &[u8], q: &UpstreamQuestion<'_>) -> bool {
     }
     let name = q.name.as_wire();
     let end = HEADER_LEN + name.len();
-    let Some(echoed) = resp.get(HEADER_LEN..end) else { return false };
+    let Some(echoed) = resp.get(HEADER_LEN..end) else {
+        return false;
+    };
     if !echoed.eq_ignore_ascii_case(name) {
         return false;
     }
@@ -102,7 +104,11 @@ pub enum Ingested {
 /// denials, the SOA of an enclosing zone; glue only for SRV/MX targets inside `bailiwick`.
 /// Everything else (unrelated names in any section, NS records, OPT) is dropped, so a response
 /// cannot plant records for other names in the cache.
-pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result<Ingested, IngestError> {
+pub fn ingest(
+    resp: &[u8],
+    q: &UpstreamQuestion<'_>,
+    bailiwick: &Name,
+) -> Result<Ingested, IngestError> {
     if !answers_question(resp, q) {
         return Err(IngestError::QuestionMismatch);
     }
@@ -119,7 +125,11 @@ pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result
     let nxdomain = match rcode {
         ResponseCode::NoError => false,
         ResponseCode::NXDomain => true,
-        other => return Ok(Ingested::Failure { rcode: u16::from(other) }),
+        other => {
+            return Ok(Ingested::Failure {
+                rcode: u16::from(other),
+            });
+        }
     };
 
     let qname = Name::from_wire_lower(q.name.as_wire())?;
@@ -138,7 +148,10 @@ pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result
                     authority.push(r);
                 }
             } else if q.dnssec_ok
-                && matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3 | RecordType::RRSIG)
+                && matches!(
+                    r.record_type(),
+                    RecordType::NSEC | RecordType::NSEC3 | RecordType::RRSIG
+                )
                 && bailiwick.zone_of(&r.name)
             {
                 authority.push(r);
@@ -159,7 +172,10 @@ pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result
             chain_ttl,
         }
     };
-    let header_flags = [0x80, (msg.metadata.authentic_data as u8) << 5 | (u16::from(rcode) & 0x0f) as u8];
+    let header_flags = [
+        0x80,
+        (msg.metadata.authentic_data as u8) << 5 | (u16::from(rcode) & 0x0f) as u8,
+    ];
     let (message, ttl_offsets) = encode(q, header_flags, &answers, &authority, &additional)
         .map_err(|e| IngestError::Malformed(e.to_string()))?;
     Ok(Ingested::Answer(CacheableAnswer {
@@ -187,7 +203,8 @@ impl FromWireLower for Name {
             labels.push(label);
             pos += 1 + len as usize;
         }
-        let mut name = Name::from_labels(labels).map_err(|e| IngestError::Malformed(e.to_string()))?;
+        let mut name =
+            Name::from_labels(labels).map_err(|e| IngestError::Malformed(e.to_string()))?;
         name.set_fqdn(true);
         Ok(name)
     }
@@ -196,7 +213,12 @@ impl FromWireLower for Name {
 /// Walks the answer section from `qname`: records at the current target of the asked type,
 /// CNAMEs (switching the target), DNAMEs above the target (RFC 6672 §3), and with DO their
 /// RRSIGs. Returns the kept records, the final target and whether records of the type were found.
-fn follow_chain<'m>(records: &'m [Record], qname: &Name, qtype: RecordType, dnssec_ok: bool) -> (Vec<&'m Record>, Name, bool) {
+fn follow_chain<'m>(
+    records: &'m [Record],
+    qname: &Name,
+    qtype: RecordType,
+    dnssec_ok: bool,
+) -> (Vec<&'m Record>, Name, bool) {
     let mut kept: Vec<&Record> = Vec::new();
     let mut taken = vec![false; records.len()];
     let mut target = qname.clone();
@@ -294,7 +316,9 @@ fn encode(
     // The question must be stored exactly as the key's lower-cased name: hits copy the client's
     // question over it byte for byte.
     if buf.get(HEADER_LEN..HEADER_LEN + q.name.as_wire().len()) != Some(q.name.as_wire()) {
-        return Err(hickory_proto::ProtoError::from("question did not encode as sent"));
+        return Err(hickory_proto::ProtoError::from(
+            "question did not encode as sent",
+        ));
     }
     Ok((buf, offsets))
 }

@@ -68,7 +68,13 @@ impl<'a> Query<'a> {
         // The parser already checked the name, so lowercasing cannot fail; fall back to the
         // root name rather than panic if that invariant is ever broken.
         let name = lowercase_into(self.qname_wire(), buf).unwrap_or_else(|_| root_name());
-        CacheKey::for_query(name, self.qtype, self.qclass, self.dnssec_ok(), self.checking_disabled)
+        CacheKey::for_query(
+            name,
+            self.qtype,
+            self.qclass,
+            self.dnssec_ok(),
+            self.checking_disabled,
+        )
     }
 }
 
@@ -254,7 +260,11 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
         Err(m) => return reject(Rejection::FormErr(m), None, None),
     };
     if ancount != 0 || nscount != 0 {
-        return reject(Rejection::FormErr(Malformed::UnexpectedRecords), Some(qname_end), None);
+        return reject(
+            Rejection::FormErr(Malformed::UnexpectedRecords),
+            Some(qname_end),
+            None,
+        );
     }
 
     // Additional section: at most one OPT owned by the root; other records are skipped.
@@ -262,18 +272,30 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
     let mut edns = None;
     for _ in 0..arcount {
         let Some(after_name) = skip_name(packet, pos) else {
-            return reject(Rejection::FormErr(Malformed::BadRecord), Some(qname_end), None);
+            return reject(
+                Rejection::FormErr(Malformed::BadRecord),
+                Some(qname_end),
+                None,
+            );
         };
         let (Some(rtype), Some(class), Some(rdlen)) = (
             u16_at(packet, after_name),
             u16_at(packet, after_name + 2),
             u16_at(packet, after_name + 8),
         ) else {
-            return reject(Rejection::FormErr(Malformed::BadRecord), Some(qname_end), None);
+            return reject(
+                Rejection::FormErr(Malformed::BadRecord),
+                Some(qname_end),
+                None,
+            );
         };
         let end = after_name + 10 + rdlen as usize;
         if end > packet.len() {
-            return reject(Rejection::FormErr(Malformed::BadRecord), Some(qname_end), None);
+            return reject(
+                Rejection::FormErr(Malformed::BadRecord),
+                Some(qname_end),
+                None,
+            );
         }
         if rtype == TYPE_OPT {
             if edns.is_some() || after_name != pos + 1 || packet[pos] != 0 {
@@ -288,7 +310,11 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
         pos = end;
     }
     if pos != packet.len() {
-        return reject(Rejection::FormErr(Malformed::TrailingBytes), Some(qname_end), edns);
+        return reject(
+            Rejection::FormErr(Malformed::TrailingBytes),
+            Some(qname_end),
+            edns,
+        );
     }
     if edns.is_some_and(|e| e.version != 0) {
         return reject(Rejection::BadVers, Some(qname_end), edns);
@@ -331,8 +357,25 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn query(name: &str, qtype: u16, edns: Option<(u16, u8, bool)>) -> Vec<u8> {
-        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns.is_some() as u8];
-        for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        let mut p = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            edns.is_some() as u8,
+        ];
+        for label in name
+            .trim_end_matches('.')
+            .split('.')
+            .filter(|l| !l.is_empty())
+        {
             p.push(label.len() as u8);
             p.extend_from_slice(label.as_bytes());
         }
@@ -358,7 +401,9 @@ pub(crate) mod tests {
     #[test]
     fn parses_a_plain_query() {
         let p = query("Foo.Example", 1, None);
-        let Parsed::Query(q) = parse_query(&p) else { panic!() };
+        let Parsed::Query(q) = parse_query(&p) else {
+            panic!()
+        };
         assert_eq!(q.id, 0x1234);
         assert_eq!((q.qtype, q.qclass), (1, 1));
         assert!(q.recursion_desired);
@@ -373,11 +418,22 @@ pub(crate) mod tests {
     #[test]
     fn parses_edns() {
         let p = query("a", 28, Some((4096, 0, true)));
-        let Parsed::Query(q) = parse_query(&p) else { panic!() };
-        assert_eq!(q.edns, Some(Edns { udp_payload: 4096, version: 0, dnssec_ok: true }));
+        let Parsed::Query(q) = parse_query(&p) else {
+            panic!()
+        };
+        assert_eq!(
+            q.edns,
+            Some(Edns {
+                udp_payload: 4096,
+                version: 0,
+                dnssec_ok: true
+            })
+        );
         assert_eq!(q.max_udp_response(1232), 1232);
         let p = query("a", 28, Some((100, 0, false)));
-        let Parsed::Query(q) = parse_query(&p) else { panic!() };
+        let Parsed::Query(q) = parse_query(&p) else {
+            panic!()
+        };
         assert_eq!(q.max_udp_response(1232), 512);
     }
 
@@ -402,11 +458,17 @@ pub(crate) mod tests {
     fn bad_names_are_formerr() {
         // Label of 64 octets.
         let long_label = "a".repeat(64);
-        assert_eq!(rejection(&query(&long_label, 1, None)), Rejection::FormErr(Malformed::BadName));
+        assert_eq!(
+            rejection(&query(&long_label, 1, None)),
+            Rejection::FormErr(Malformed::BadName)
+        );
         // Name over 255 octets: five labels of 63.
         let l = "b".repeat(63);
         let long = [l.as_str(); 5].join(".");
-        assert_eq!(rejection(&query(&long, 1, None)), Rejection::FormErr(Malformed::BadName));
+        assert_eq!(
+            rejection(&query(&long, 1, None)),
+            Rejection::FormErr(Malformed::BadName)
+        );
         // A compression pointer in the question.
         let mut p = query("a", 1, None);
         p.truncate(12);
@@ -416,7 +478,10 @@ pub(crate) mod tests {
         let p = query("abc", 1, None);
         assert_eq!(rejection(&p[..14]), Rejection::FormErr(Malformed::BadName));
         // Type and class cut off.
-        assert_eq!(rejection(&p[..p.len() - 2]), Rejection::FormErr(Malformed::ShortQuestion));
+        assert_eq!(
+            rejection(&p[..p.len() - 2]),
+            Rejection::FormErr(Malformed::ShortQuestion)
+        );
     }
 
     #[test]
@@ -424,13 +489,18 @@ pub(crate) mod tests {
         let mut p = query("a", 1, None);
         p[2] = (p[2] & 0x87) | (5 << 3); // UPDATE
         assert_eq!(rejection(&p), Rejection::NotImp);
-        let Parsed::Reject(r) = parse_query(&p) else { panic!() };
+        let Parsed::Reject(r) = parse_query(&p) else {
+            panic!()
+        };
         assert!(r.question_end.is_some(), "NOTIMP echoes the question");
     }
 
     #[test]
     fn edns_errors() {
-        assert_eq!(rejection(&query("a", 1, Some((1232, 1, false)))), Rejection::BadVers);
+        assert_eq!(
+            rejection(&query("a", 1, Some((1232, 1, false)))),
+            Rejection::BadVers
+        );
         // Two OPT records.
         let mut p = query("a", 1, Some((1232, 0, false)));
         let opt = p[p.len() - 11..].to_vec();
@@ -455,7 +525,10 @@ pub(crate) mod tests {
     fn records_in_answer_section_are_formerr() {
         let mut p = query("a", 1, None);
         p[7] = 1;
-        assert_eq!(rejection(&p), Rejection::FormErr(Malformed::UnexpectedRecords));
+        assert_eq!(
+            rejection(&p),
+            Rejection::FormErr(Malformed::UnexpectedRecords)
+        );
     }
 
     #[test]
@@ -468,7 +541,10 @@ pub(crate) mod tests {
         p[n - 1] = 255; // class ANY
         assert_eq!(rejection(&p), Rejection::Refused);
         // qtype ANY is a query: answered per RFC 8482 by the server.
-        assert!(matches!(parse_query(&query("a", TYPE_ANY, None)), Parsed::Query(_)));
+        assert!(matches!(
+            parse_query(&query("a", TYPE_ANY, None)),
+            Parsed::Query(_)
+        ));
     }
 
     #[test]
@@ -489,7 +565,9 @@ pub(crate) mod tests {
     #[test]
     fn root_and_max_length_names_parse() {
         let root = query(".", 2, None);
-        let Parsed::Query(q) = parse_query(&root) else { panic!() };
+        let Parsed::Query(q) = parse_query(&root) else {
+            panic!()
+        };
         assert_eq!(q.qname_wire(), b"\x00");
         // 255 octets exactly: 3×63 + 1×61 labels + lengths + root = 255.
         let name = [
@@ -500,7 +578,9 @@ pub(crate) mod tests {
         ]
         .join(".");
         let packet = query(&name, 1, None);
-        let Parsed::Query(q) = parse_query(&packet) else { panic!() };
+        let Parsed::Query(q) = parse_query(&packet) else {
+            panic!()
+        };
         assert_eq!(q.qname_wire().len(), 255);
     }
 }

@@ -1,0 +1,199 @@
+//! Admin HTTP: `/metrics`, `/health` (a real DNS query to our own socket), `/ready`.
+//! Runs on its own thread and runtime, so a saturated data path cannot starve it of CPU time
+//! and a stuck admin request cannot slow the data path.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tracing::{info, warn};
+
+use crate::engine::Engine;
+use crate::server::udp::WorkerControl;
+
+/// A worker that has not looped for this long is stuck (it wakes every 200 ms when idle).
+const MAX_HEARTBEAT_AGE: Duration = Duration::from_secs(2);
+/// The self-query must be answered within this time.
+const HEALTH_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub engine: Arc<Engine>,
+    pub workers: Arc<WorkerControl>,
+    /// Where `/health` sends its query.
+    pub dns_target: SocketAddr,
+    /// Listeners are bound and serving.
+    pub serving: AtomicBool,
+    /// Enables `/debug/stall` (tests only: `NODEDNS_TEST_HOOKS=1`).
+    pub test_hooks: bool,
+}
+
+impl AdminState {
+    pub fn ready(&self) -> bool {
+        self.serving.load(Relaxed) && self.engine.upstream_answered.load(Relaxed)
+    }
+
+    /// Healthy iff a real query to our own DNS socket is answered in time and every worker is
+    /// looping. A stuck worker or a full, unread socket fails this (node-cache's check did not).
+    pub fn healthy(&self) -> Result<(), String> {
+        if !self.serving.load(Relaxed) {
+            return Err("not serving yet".into());
+        }
+        let age = self.workers.max_heartbeat_age();
+        if age > MAX_HEARTBEAT_AGE {
+            return Err(format!(
+                "a UDP worker has not run for {} ms",
+                age.as_millis()
+            ));
+        }
+        self_query(self.dns_target)
+    }
+}
+
+/// `health.nodedns. CH TXT`: answered REFUSED by a worker itself, without upstream or cache.
+fn self_query(target: SocketAddr) -> Result<(), String> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(target)
+    } else {
+        "[::]:0".parse().unwrap_or(target)
+    };
+    let socket = UdpSocket::bind(bind).map_err(|e| format!("self-query socket: {e}"))?;
+    socket
+        .set_read_timeout(Some(HEALTH_QUERY_TIMEOUT))
+        .map_err(|e| format!("self-query socket: {e}"))?;
+    let id: u16 = rand::random();
+    let mut q = Vec::with_capacity(40);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(b"\x06health\x07nodedns\x00");
+    q.extend_from_slice(&[0, 16, 0, 3]);
+    socket
+        .send_to(&q, target)
+        .map_err(|e| format!("self-query send: {e}"))?;
+    let mut buf = [0u8; 512];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) if n >= 12 && buf[..2] == id.to_be_bytes() => return Ok(()),
+            Ok(_) => continue,
+            Err(e) => return Err(format!("DNS self-query to {target} not answered: {e}")),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<AdminState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    Ok(match (req.method(), path) {
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, state.engine.metrics.render());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/health") => {
+            let s = state.clone();
+            match tokio::task::spawn_blocking(move || s.healthy()).await {
+                Ok(Ok(())) => text(StatusCode::OK, "ok\n"),
+                Ok(Err(why)) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("unhealthy: {why}\n"),
+                ),
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unhealthy: check panicked\n",
+                ),
+            }
+        }
+        (&Method::GET, "/ready") => {
+            if state.ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if !state.serving.load(Relaxed) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: listeners not serving\n",
+                )
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no upstream has answered yet\n",
+                )
+            }
+        }
+        (&Method::POST, "/debug/stall") if state.test_hooks => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3000);
+            let until = state.workers.now_ms() + ms;
+            state.workers.stall_until_ms.store(until, Relaxed);
+            warn!(ms, "test hook: UDP workers stalled");
+            text(StatusCode::OK, "stalled\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+/// Serves admin HTTP on the given listeners, on a dedicated thread, until the process exits.
+pub fn spawn(listeners: Vec<std::net::TcpListener>, state: Arc<AdminState>) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("nodedns-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for l in listeners {
+                    let addr = l.local_addr().ok();
+                    let listener = match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(error = %e, "admin listener unusable");
+                            continue;
+                        }
+                    };
+                    info!(addr = ?addr, "admin HTTP listening");
+                    let state = state.clone();
+                    tasks.push(tokio::spawn(async move {
+                        loop {
+                            let Ok((stream, _)) = listener.accept().await else {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            };
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                let svc = service_fn(move |req| handle(req, state.clone()));
+                                let conn = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc);
+                                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                            });
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        })?;
+    Ok(())
+}

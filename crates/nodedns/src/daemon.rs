@@ -1,0 +1,268 @@
+//! The daemon: wires config, node setup, listeners, workers, admin and reload, then runs until
+//! SIGTERM and drains in one ordered, deadline-bound sequence.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::metrics::{CacheSample, EndpointSample, Metrics, ScrapedCollector};
+use crate::server::udp::{self, WorkerControl};
+use crate::server::{Listeners, bind_tcp, tcp};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot bind listeners: {0}")]
+    Bind(std::io::Error),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("node setup: {0}")]
+    Node(#[from] nodedns_node::NodeError),
+}
+
+/// Options from the command line.
+pub struct RunOptions {
+    pub config_path: Option<PathBuf>,
+}
+
+/// UDP workers: as configured, else one per CPU this process may run on.
+fn worker_count(config: &Config) -> usize {
+    if config.server.workers > 0 {
+        return config.server.workers;
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+pub fn run(config: Config, opts: RunOptions) -> Result<(), RunError> {
+    let workers = worker_count(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.clamp(1, 4))
+        .thread_name("nodedns-async")
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    rt.block_on(run_async(config, opts, workers))
+}
+
+async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(), RunError> {
+    let started = Instant::now();
+    let metrics = Metrics::new(config.admin.coredns_compatible_metrics);
+    let engine = Engine::new(&config, metrics.clone());
+    register_scraped(&metrics, &engine);
+
+    // Node setup first, so the addresses exist when we bind (FREEBIND covers the other order).
+    let node = match &config.node {
+        Some(n) => {
+            let setup = Arc::new(nodedns_node::NodeSetup::new(crate::node_setup::spec(
+                n, &config,
+            ))?);
+            // A failed first apply is retried by resync; serving must not wait for it.
+            let _ = crate::node_setup::apply(&setup, &metrics, true).await;
+            Some(setup)
+        }
+        None => None,
+    };
+
+    let listeners = Listeners::bind(&config.listen, workers).map_err(RunError::Bind)?;
+    let mut admin_listeners = Vec::new();
+    for a in &config.admin.listen {
+        admin_listeners.push(bind_tcp(*a).map_err(RunError::Bind)?);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let control = WorkerControl::new(listeners.udp.len());
+    let (miss_tx, miss_rx) = mpsc::channel(config.limits.max_inflight);
+    tokio::spawn(udp::run_miss_dispatcher(engine.clone(), miss_rx));
+
+    let mut worker_threads = Vec::new();
+    for (i, (addr, socket)) in listeners.udp.into_iter().enumerate() {
+        let socket = Arc::new(socket);
+        let engine = engine.clone();
+        let misses = miss_tx.clone();
+        let control = control.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("nodedns-udp-{i}"))
+            .spawn(move || udp::run_worker(i, socket, engine, misses, control))
+            .map_err(RunError::Runtime)?;
+        info!(%addr, worker = i, "UDP worker serving");
+        worker_threads.push(t);
+    }
+    drop(miss_tx);
+
+    let conns = tcp::TcpConnections::new(config.limits.clone());
+    for (addr, l) in listeners.tcp {
+        let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Bind)?;
+        tokio::spawn(tcp::run_listener(
+            l,
+            engine.clone(),
+            conns.clone(),
+            stop_rx.clone(),
+        ));
+        info!(%addr, "TCP serving");
+    }
+
+    let dns_target = {
+        let mut t = config.listen[0];
+        if t.ip().is_unspecified() {
+            t.set_ip(if t.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        t
+    };
+    let admin_state = Arc::new(AdminState {
+        engine: engine.clone(),
+        workers: control.clone(),
+        dns_target,
+        serving: AtomicBool::new(true),
+        test_hooks: std::env::var("NODEDNS_TEST_HOOKS").is_ok_and(|v| v == "1"),
+    });
+    admin::spawn(admin_listeners, admin_state.clone()).map_err(RunError::Runtime)?;
+
+    for zone in engine
+        .zones()
+        .iter()
+        .filter(|z| z.config.discover.is_some())
+    {
+        tokio::spawn(crate::discover::run(
+            engine.clone(),
+            zone.config.name.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    tokio::spawn(probe_until_answered(engine.clone(), stop_rx.clone()));
+    if let (Some(setup), Some(n)) = (&node, &config.node) {
+        crate::node_setup::spawn_resync(
+            setup.clone(),
+            n.resync_interval,
+            metrics.clone(),
+            stop_rx.clone(),
+        )
+        .map_err(RunError::Runtime)?;
+    }
+    if let Some(path) = &opts.config_path {
+        tokio::spawn(crate::reload::watch(
+            path.clone(),
+            config.clone(),
+            engine.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    info!(
+        listen = ?config.listen,
+        admin = ?config.admin.listen,
+        workers,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "nodedns serving"
+    );
+
+    wait_for_shutdown().await;
+
+    // Drain: stop reading new queries, finish those in flight, then tear down.
+    let drain_started = Instant::now();
+    info!("shutting down: draining in-flight queries");
+    control.stop.store(true, Relaxed);
+    let _ = stop_tx.send(true);
+    for t in worker_threads {
+        let _ = t.join();
+    }
+    let deadline = drain_started + config.server.drain_timeout;
+    while engine.waiting() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if engine.waiting() > 0 {
+        warn!(
+            waiting = engine.waiting(),
+            "drain deadline reached with queries still waiting"
+        );
+    }
+    if let (Some(setup), Some(n)) = (&node, &config.node) {
+        if n.teardown_on_exit {
+            if crate::node_setup::other_instance_serving(&config.listen) {
+                info!("another nodedns instance serves this node: leaving node setup in place");
+            } else if let Err(e) = setup.teardown().await {
+                metrics.node_setup_error(e.kind());
+                error!(error = %e, "node teardown failed");
+            } else {
+                info!("node setup removed");
+            }
+        }
+    }
+    admin_state.serving.store(false, Relaxed);
+    info!(
+        drain_ms = drain_started.elapsed().as_millis() as u64,
+        "nodedns stopped"
+    );
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; running until killed");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+/// Asks each zone's upstreams for the zone's SOA until one answers: readiness needs a live
+/// upstream, and the query opens the persistent connections before clients arrive.
+async fn probe_until_answered(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        for zone in engine.zones().iter() {
+            zone.pool.warm().await;
+        }
+        if engine.probe_zones().await {
+            return;
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn register_scraped(metrics: &Arc<Metrics>, engine: &Arc<Engine>) {
+    let engine = engine.clone();
+    let max_bytes = engine.cache.limits().max_bytes as u64;
+    let coredns = metrics.coredns_compatible();
+    metrics.register_scraped(Box::new(ScrapedCollector::new(
+        coredns,
+        Box::new(move || {
+            let cache = CacheSample {
+                entries: engine.cache.entries(),
+                bytes: engine.cache.bytes(),
+                max_bytes,
+                evictions: engine.cache.counters.evictions.load(Relaxed),
+                split_pairs: engine.cache.counters.split_pairs.load(Relaxed),
+            };
+            let mut endpoints = Vec::new();
+            for zone in engine.zones().iter() {
+                for e in zone.pool.endpoints().iter() {
+                    endpoints.push(EndpointSample::from_endpoint(&zone.label, &e.endpoint));
+                }
+            }
+            (cache, endpoints)
+        }),
+    )));
+}

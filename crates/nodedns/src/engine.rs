@@ -1,0 +1,552 @@
+//! The resolver shared by every listener: cache lookups, and the miss path — zone selection,
+//! A/AAAA pair fetches, coalescing of identical misses, serve-stale and prefetch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+use nodedns_cache::{
+    AnswerView, Cache, CacheKey, CacheLimits, CacheableAnswer, Freshness, KeyKind, LowerName,
+    MAX_NAME_LEN, Member, Timestamp, TtlPolicy,
+};
+use nodedns_upstream::{PoolConfig, UpstreamError, UpstreamPool};
+use nodedns_wire::{
+    Parsed, Query, Rcode, Transport, UpstreamQuestion, parse_query, render_cached, render_rcode,
+};
+
+use crate::config::{Config, ZoneConfig};
+use crate::logging::RateLimitedWarn;
+use crate::metrics::{CacheResult, Metrics, ShedReason};
+
+/// One configured zone with its upstreams.
+pub struct Zone {
+    pub config: ZoneConfig,
+    pub pool: UpstreamPool,
+    /// The zone's name as a label value.
+    pub label: String,
+}
+
+impl Zone {
+    pub fn new(config: ZoneConfig) -> Self {
+        let pool = UpstreamPool::new(
+            config.upstreams.addrs(),
+            PoolConfig {
+                transport: config.transport,
+                tcp_connections: config.tcp_connections,
+                query_timeout: config.query_timeout,
+                ..PoolConfig::default()
+            },
+        );
+        let label = config.name.to_ascii();
+        Self {
+            config,
+            pool,
+            label,
+        }
+    }
+}
+
+/// A fetched answer, ready to render for any waiter.
+pub struct Fetched {
+    message: Vec<u8>,
+    offsets_le: Vec<u8>,
+    ttl: u32,
+    split: bool,
+}
+
+impl Fetched {
+    fn new(a: &CacheableAnswer, policy: &TtlPolicy, split: bool) -> Self {
+        let mut ttl = a.disposition.lifetime(policy).secs();
+        if split {
+            ttl = ttl.min(policy.min_ttl.secs());
+        }
+        Self {
+            message: a.message.clone(),
+            offsets_le: a.ttl_offsets_le(),
+            ttl,
+            split,
+        }
+    }
+
+    pub fn view(&self) -> AnswerView<'_> {
+        AnswerView::detached(&self.message, &self.offsets_le, self.ttl, self.split)
+    }
+}
+
+/// The result of one (coalesced) upstream fetch: one answer per member.
+pub enum FetchResult {
+    Single(Arc<Fetched>),
+    Pair { a: Arc<Fetched>, aaaa: Arc<Fetched> },
+    Failed(UpstreamError),
+}
+
+impl FetchResult {
+    fn member(&self, m: Member) -> Option<&Arc<Fetched>> {
+        match (self, m) {
+            (FetchResult::Single(f), _) => Some(f),
+            (FetchResult::Pair { a, .. }, Member::A) => Some(a),
+            (FetchResult::Pair { aaaa, .. }, Member::Aaaa) => Some(aaaa),
+            _ => None,
+        }
+    }
+}
+
+/// Identity of a fetch: the cache key in owned form.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FetchKey {
+    name: Box<[u8]>,
+    kind: KeyKind,
+    class: u16,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+}
+
+impl FetchKey {
+    fn of(k: &CacheKey<'_>) -> Self {
+        Self {
+            name: k.name.as_wire().into(),
+            kind: k.kind,
+            class: k.class,
+            dnssec_ok: k.dnssec_ok,
+            checking_disabled: k.checking_disabled,
+        }
+    }
+}
+
+/// The resolver state shared by listeners.
+pub struct Engine {
+    pub cache: Cache,
+    zones: RwLock<Arc<Vec<Arc<Zone>>>>,
+    cache_config: RwLock<crate::config::CacheConfig>,
+    pub metrics: Arc<Metrics>,
+    epoch: std::time::Instant,
+    fetches: Mutex<HashMap<FetchKey, broadcast::Sender<Arc<FetchResult>>>>,
+    /// Client queries waiting on the miss path.
+    waiting: AtomicUsize,
+    pub max_inflight: usize,
+    pub max_udp_payload: u16,
+    /// Set once an upstream has answered: part of readiness.
+    pub upstream_answered: AtomicBool,
+    split_warn: RateLimitedWarn,
+    shed_warn: RateLimitedWarn,
+}
+
+/// What the miss path produced for a client.
+pub struct MissAnswer {
+    pub len: usize,
+    pub result: CacheResult,
+}
+
+impl Engine {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        let zones = config
+            .zones
+            .iter()
+            .cloned()
+            .map(|z| Arc::new(Zone::new(z)))
+            .collect();
+        Arc::new(Self {
+            cache: Cache::new(CacheLimits {
+                max_bytes: config.cache.max_bytes,
+                max_stale: config.cache.max_stale,
+                shards: 64,
+            }),
+            zones: RwLock::new(Arc::new(zones)),
+            cache_config: RwLock::new(config.cache.clone()),
+            metrics,
+            epoch: std::time::Instant::now(),
+            fetches: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
+            max_inflight: config.limits.max_inflight,
+            max_udp_payload: config.limits.max_udp_payload,
+            upstream_answered: AtomicBool::new(false),
+            split_warn: RateLimitedWarn::new(Duration::from_secs(10)),
+            shed_warn: RateLimitedWarn::new(Duration::from_secs(10)),
+        })
+    }
+
+    /// Now, for the cache.
+    #[inline]
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    pub fn zones(&self) -> Arc<Vec<Arc<Zone>>> {
+        self.zones.read().clone()
+    }
+
+    /// Applies a reloaded config's zones and cache TTL policy. Zones whose upstream settings
+    /// did not change keep their pools (connections, health, counters); the cache is kept.
+    pub fn reconfigure(&self, config: &Config) -> Vec<Arc<Zone>> {
+        let old = self.zones();
+        let mut next = Vec::new();
+        for zc in &config.zones {
+            let keep = old.iter().find(|z| {
+                z.config.name == zc.name
+                    && z.config.transport == zc.transport
+                    && z.config.tcp_connections == zc.tcp_connections
+                    && z.config.query_timeout == zc.query_timeout
+            });
+            match keep {
+                Some(z) => {
+                    let zone = Zone {
+                        config: zc.clone(),
+                        pool: UpstreamPool::new(&[], *z.pool.config()),
+                        label: z.label.clone(),
+                    };
+                    // Move the endpoint states over: same addresses keep their connections.
+                    zone.pool.adopt(&z.pool, zc.upstreams.addrs());
+                    next.push(Arc::new(zone));
+                }
+                None => next.push(Arc::new(Zone::new(zc.clone()))),
+            }
+        }
+        *self.cache_config.write() = config.cache.clone();
+        let removed: Vec<Arc<Zone>> = old
+            .iter()
+            .filter(|z| {
+                !next
+                    .iter()
+                    .any(|n| Arc::ptr_eq(n, z) || n.config.name == z.config.name)
+            })
+            .cloned()
+            .collect();
+        *self.zones.write() = Arc::new(next);
+        removed
+    }
+
+    fn zone_for(&self, name: &Name) -> Option<Arc<Zone>> {
+        self.zones
+            .read()
+            .iter()
+            .find(|z| z.config.name.zone_of(name))
+            .cloned()
+    }
+
+    pub fn stale_answer_timeout(&self) -> Duration {
+        self.cache_config.read().stale_answer_timeout
+    }
+
+    fn prefetch_enabled(&self) -> bool {
+        self.cache_config.read().prefetch
+    }
+
+    /// The hit path: renders a fresh cached answer into `out`. Returns the length and whether a
+    /// prefetch is due, or `None` on a miss or stale entry (the miss path decides).
+    #[inline]
+    pub fn answer_from_cache(
+        &self,
+        query: &Query<'_>,
+        transport: Transport,
+        out: &mut [u8],
+    ) -> Option<(usize, bool)> {
+        let mut name_buf = [0u8; MAX_NAME_LEN];
+        let (key, member) = query.cache_key(&mut name_buf);
+        let now = self.now();
+        self.cache
+            .lookup(&key, member, now, |view| match view.freshness {
+                Freshness::Fresh { refresh_due } => {
+                    render_cached(query, view, transport, out).map(|n| (n, refresh_due))
+                }
+                Freshness::Stale { .. } => None,
+            })
+            .flatten()
+    }
+
+    /// The miss path for one client query (owned packet). Renders the answer into `out`.
+    pub async fn answer_miss(
+        self: &Arc<Self>,
+        packet: &[u8],
+        transport: Transport,
+        out: &mut [u8],
+    ) -> Option<MissAnswer> {
+        let Parsed::Query(query) = parse_query(packet) else {
+            return None;
+        };
+        if self.waiting.load(Relaxed) >= self.max_inflight {
+            self.metrics.shed(ShedReason::Inflight);
+            if self.shed_warn.allow() {
+                warn!(
+                    limit = self.max_inflight,
+                    "shedding queries: too many waiting for upstream answers"
+                );
+            }
+            return render_rcode(&query, Rcode::Refused, out).map(|len| MissAnswer {
+                len,
+                result: CacheResult::Miss,
+            });
+        }
+        self.waiting.fetch_add(1, Relaxed);
+        self.metrics.inflight.inc();
+        let r = self.answer_miss_inner(&query, transport, out).await;
+        self.metrics.inflight.dec();
+        self.waiting.fetch_sub(1, Relaxed);
+        r
+    }
+
+    async fn answer_miss_inner(
+        self: &Arc<Self>,
+        query: &Query<'_>,
+        transport: Transport,
+        out: &mut [u8],
+    ) -> Option<MissAnswer> {
+        let mut name_buf = [0u8; MAX_NAME_LEN];
+        let (key, member) = query.cache_key(&mut name_buf);
+
+        // Filled while this query waited in a queue?
+        let now = self.now();
+        let mut has_stale = false;
+        if let Some(r) = self
+            .cache
+            .lookup(&key, member, now, |view| match view.freshness {
+                Freshness::Fresh { .. } => render_cached(query, view, transport, out),
+                Freshness::Stale { .. } => {
+                    has_stale = true;
+                    None
+                }
+            })
+        {
+            if let Some(len) = r {
+                return Some(MissAnswer {
+                    len,
+                    result: CacheResult::Hit,
+                });
+            }
+        }
+
+        let qname = match name_from_wire(key.name.as_wire()) {
+            Some(n) => n,
+            None => {
+                return render_rcode(query, Rcode::FormErr, out).map(|len| MissAnswer {
+                    len,
+                    result: CacheResult::Miss,
+                });
+            }
+        };
+        let Some(zone) = self.zone_for(&qname) else {
+            // No zone covers the name and there is no "." zone: not ours to answer.
+            return render_rcode(query, Rcode::Refused, out).map(|len| MissAnswer {
+                len,
+                result: CacheResult::Miss,
+            });
+        };
+
+        let mut rx = self.fetch(&zone, &key);
+        let result = if has_stale {
+            // RFC 8767 §5: answer from stale data if the refresh takes longer than the client
+            // timeout allows; the fetch goes on in the background and refreshes the entry.
+            match tokio::time::timeout(self.stale_answer_timeout(), rx.recv()).await {
+                Ok(Ok(r)) => Some(r),
+                _ => None,
+            }
+        } else {
+            rx.recv().await.ok()
+        };
+
+        if let Some(result) = &result {
+            if let Some(f) = result.member(member) {
+                return render_cached(query, &f.view(), transport, out).map(|len| MissAnswer {
+                    len,
+                    result: CacheResult::Miss,
+                });
+            }
+        }
+        // Upstream failed or is too slow: stale data if we have it, else SERVFAIL.
+        let now = self.now();
+        let stale = self
+            .cache
+            .lookup(&key, member, now, |view| {
+                render_cached(query, view, transport, out)
+            })
+            .flatten();
+        if let Some(len) = stale {
+            return Some(MissAnswer {
+                len,
+                result: CacheResult::Stale,
+            });
+        }
+        render_rcode(query, Rcode::ServFail, out).map(|len| MissAnswer {
+            len,
+            result: CacheResult::Miss,
+        })
+    }
+
+    /// Starts a refresh of a popular entry before it expires (prefetch). Coalesced with any
+    /// fetch of the same key already running.
+    pub fn prefetch(self: &Arc<Self>, packet: &[u8]) {
+        if !self.prefetch_enabled() {
+            return;
+        }
+        let Parsed::Query(query) = parse_query(packet) else {
+            return;
+        };
+        let mut name_buf = [0u8; MAX_NAME_LEN];
+        let (key, _) = query.cache_key(&mut name_buf);
+        let Some(qname) = name_from_wire(key.name.as_wire()) else {
+            return;
+        };
+        if let Some(zone) = self.zone_for(&qname) {
+            self.metrics.prefetches.inc();
+            drop(self.fetch(&zone, &key));
+        }
+    }
+
+    /// Joins or starts the fetch for `key`. Identical misses share one upstream exchange: 10,000
+    /// simultaneous queries for one name cost the upstream one A+AAAA pair.
+    fn fetch(
+        self: &Arc<Self>,
+        zone: &Arc<Zone>,
+        key: &CacheKey<'_>,
+    ) -> broadcast::Receiver<Arc<FetchResult>> {
+        let fk = FetchKey::of(key);
+        let mut fetches = self.fetches.lock();
+        if let Some(tx) = fetches.get(&fk) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(1);
+        fetches.insert(fk.clone(), tx.clone());
+        drop(fetches);
+        let engine = self.clone();
+        let zone = zone.clone();
+        tokio::spawn(async move {
+            let result = Arc::new(engine.run_fetch(&zone, &fk).await);
+            engine.fetches.lock().remove(&fk);
+            let _ = tx.send(result);
+        });
+        rx
+    }
+
+    async fn run_fetch(&self, zone: &Zone, fk: &FetchKey) -> FetchResult {
+        let Ok(name) = LowerName::new(&fk.name) else {
+            return FetchResult::Failed(UpstreamError::NoEndpoints);
+        };
+        let question = |qtype| UpstreamQuestion {
+            name,
+            qtype,
+            qclass: fk.class,
+            dnssec_ok: fk.dnssec_ok,
+            checking_disabled: fk.checking_disabled,
+        };
+        let key = CacheKey {
+            name,
+            kind: fk.kind,
+            class: fk.class,
+            dnssec_ok: fk.dnssec_ok,
+            checking_disabled: fk.checking_disabled,
+        };
+        let policy = zone.config.ttl;
+        let bailiwick = &zone.config.name;
+        match fk.kind {
+            KeyKind::Single(qtype) => match zone.pool.resolve(&question(qtype), bailiwick).await {
+                Ok(r) => {
+                    self.upstream_answered.store(true, Relaxed);
+                    let _ = self.cache.insert(&key, &r.answer, &policy, self.now());
+                    FetchResult::Single(Arc::new(Fetched::new(&r.answer, &policy, false)))
+                }
+                Err(e) => FetchResult::Failed(e),
+            },
+            KeyKind::Pair => {
+                let (qa, qaaaa) = (
+                    question(nodedns_cache::TYPE_A),
+                    question(nodedns_cache::TYPE_AAAA),
+                );
+                let mut refetched = false;
+                loop {
+                    let (a, aaaa) = tokio::join!(
+                        zone.pool.resolve(&qa, bailiwick),
+                        zone.pool.resolve(&qaaaa, bailiwick)
+                    );
+                    let (a, aaaa) = match (a, aaaa) {
+                        (Ok(a), Ok(aaaa)) => (a, aaaa),
+                        (Err(e), _) | (_, Err(e)) => {
+                            // One member failed: nothing is cached, so the pair can never be
+                            // stored half-refreshed. SERVFAIL/timeouts never replace an entry.
+                            return FetchResult::Failed(e);
+                        }
+                    };
+                    self.upstream_answered.store(true, Relaxed);
+                    let split =
+                        a.answer.disposition.is_nxdomain() != aaaa.answer.disposition.is_nxdomain();
+                    if split && !refetched {
+                        // An NXDOMAIN for one type and NOERROR for the other is what made glibc
+                        // give up on names (CoreDNS autopath guessing wrong): ask once more.
+                        refetched = true;
+                        debug!(name = %display_name(&fk.name), "split A/AAAA answer, fetching the pair again");
+                        continue;
+                    }
+                    if split && self.split_warn.allow() {
+                        warn!(
+                            name = %display_name(&fk.name),
+                            a_nxdomain = a.answer.disposition.is_nxdomain(),
+                            aaaa_nxdomain = aaaa.answer.disposition.is_nxdomain(),
+                            "upstream answers NXDOMAIN for one of A/AAAA and NOERROR for the other; caching the split pair for min_ttl only"
+                        );
+                    }
+                    let _ =
+                        self.cache
+                            .insert_pair(&key, &a.answer, &aaaa.answer, &policy, self.now());
+                    return FetchResult::Pair {
+                        a: Arc::new(Fetched::new(&a.answer, &policy, split)),
+                        aaaa: Arc::new(Fetched::new(&aaaa.answer, &policy, split)),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Asks every zone's upstreams for the zone apex SOA (cached like any answer, and the SOA
+    /// later denials use). Returns whether any upstream has answered.
+    pub async fn probe_zones(self: &Arc<Self>) -> bool {
+        for zone in self.zones().iter() {
+            let Ok(wire) = hickory_proto::serialize::binary::BinEncodable::to_bytes(
+                &zone.config.name.to_lowercase(),
+            ) else {
+                continue;
+            };
+            let Ok(name) = LowerName::new(&wire) else {
+                continue;
+            };
+            let (key, _) = CacheKey::for_query(name, 6, nodedns_cache::CLASS_IN, false, false);
+            let mut rx = self.fetch(zone, &key);
+            if let Ok(r) = rx.recv().await {
+                if !matches!(r.as_ref(), FetchResult::Failed(_)) {
+                    return true;
+                }
+            }
+        }
+        self.upstream_answered.load(Relaxed)
+    }
+
+    /// Counts of waiting queries, for tests and metrics.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Relaxed)
+    }
+}
+
+/// A lower-cased wire name as a hickory `Name`.
+pub fn name_from_wire(wire: &[u8]) -> Option<Name> {
+    let mut labels = Vec::new();
+    let mut pos = 0;
+    while let Some(&len) = wire.get(pos) {
+        if len == 0 {
+            break;
+        }
+        labels.push(wire.get(pos + 1..pos + 1 + len as usize)?);
+        pos += 1 + len as usize;
+    }
+    let mut n = Name::from_labels(labels).ok()?;
+    n.set_fqdn(true);
+    Some(n)
+}
+
+fn display_name(wire: &[u8]) -> String {
+    name_from_wire(wire)
+        .map(|n| n.to_ascii())
+        .unwrap_or_else(|| "<invalid>".into())
+}

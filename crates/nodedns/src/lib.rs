@@ -1,0 +1,19 @@
+//! nodedns: a node-local DNS cache for Kubernetes.
+//!
+//! The binary (`main.rs`) only parses the command line; everything else lives here:
+//! [`config`] (YAML → validated `Config`), [`engine`] (cache + miss path), [`server`]
+//! (UDP workers with batched I/O, pipelined TCP), [`admin`] (metrics, health, readiness),
+//! [`node_setup`] (interface + conntrack bypass wiring), [`reload`], [`probe`], [`daemon`].
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod daemon;
+pub mod discover;
+pub mod engine;
+pub mod logging;
+pub mod metrics;
+pub mod node_setup;
+pub mod probe;
+pub mod reload;
+pub mod server;

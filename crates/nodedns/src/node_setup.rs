@@ -1,0 +1,174 @@
+//! Wiring of the node setup library: initial apply, periodic resync with metrics, and teardown
+//! that leaves shared setup alone while another nodedns instance still serves (rolling update).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use nodedns_node::{NodeError, NodeSetup, NodeSetupSpec, Repairs};
+
+use crate::config::{Config, NodeConfig};
+use crate::metrics::Metrics;
+
+pub fn spec(node: &NodeConfig, config: &Config) -> NodeSetupSpec {
+    // Conntrack bypass for the admin port too, when admin listens on a node address or on all.
+    let admin_port = config
+        .admin
+        .listen
+        .iter()
+        .find(|a| a.ip().is_unspecified() || node.addresses.contains(&a.ip()))
+        .map(|a| a.port());
+    NodeSetupSpec {
+        interface: node.interface.clone(),
+        interface_kind: node.interface_kind,
+        addresses: node.addresses.clone(),
+        firewall: node.firewall,
+        dns_port: node.dns_port,
+        admin_port,
+    }
+}
+
+fn count_error(metrics: &Metrics, e: &NodeError) {
+    metrics.node_setup_error(e.kind());
+}
+
+/// Applies the setup once; logs and counts what had to be repaired.
+pub async fn apply(
+    setup: &NodeSetup,
+    metrics: &Metrics,
+    initial: bool,
+) -> Result<Repairs, NodeError> {
+    match setup.apply().await {
+        Ok(r) => {
+            if r.any() {
+                metrics.node_repairs.inc_by(
+                    r.interface_created as u64 + r.addresses_added as u64 + r.rules_restored as u64,
+                );
+                if initial {
+                    info!(
+                        interface = setup.interface().as_str(),
+                        firewall = ?setup.firewall_backend(),
+                        "node setup applied"
+                    );
+                } else {
+                    warn!(
+                        interface_created = r.interface_created,
+                        addresses_added = r.addresses_added,
+                        rules_restored = r.rules_restored,
+                        "node setup had drifted and was repaired"
+                    );
+                }
+            }
+            Ok(r)
+        }
+        Err(e) => {
+            count_error(metrics, &e);
+            error!(error = %e, kind = e.kind(), "node setup failed");
+            Err(e)
+        }
+    }
+}
+
+/// Runs [`resync_loop`] on its own thread: the netlink futures are not `Send`, and node setup
+/// must never compete with the DNS runtime anyway.
+pub fn spawn_resync(
+    setup: Arc<NodeSetup>,
+    interval: std::time::Duration,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("nodedns-resync".into())
+        .spawn(move || rt.block_on(resync_loop(setup, interval, metrics, stop)))?;
+    Ok(())
+}
+
+/// Re-applies the setup every `interval` until `stop` turns true.
+pub async fn resync_loop(
+    setup: Arc<NodeSetup>,
+    interval: std::time::Duration,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {
+                let _ = apply(&setup, &metrics, false).await;
+            }
+        }
+    }
+}
+
+/// Whether any UDP socket other than ours is bound to one of `addrs` — i.e. another nodedns
+/// instance serves the node (call after closing our own sockets). Reads /proc/net/udp{,6}.
+pub fn other_instance_serving(addrs: &[SocketAddr]) -> bool {
+    let mut bound = Vec::new();
+    for (file, v6) in [("/proc/net/udp", false), ("/proc/net/udp6", true)] {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            bound.extend(
+                text.lines()
+                    .skip(1)
+                    .filter_map(|l| parse_proc_net_local(l, v6)),
+            );
+        }
+    }
+    addrs.iter().any(|a| bound.contains(a))
+}
+
+/// The local address of one /proc/net/udp line (`sl local_address rem_address ...`), with
+/// each 32-bit word in host (little-endian) order as the kernel prints it.
+fn parse_proc_net_local(line: &str, v6: bool) -> Option<SocketAddr> {
+    let local = line.split_whitespace().nth(1)?;
+    let (ip_hex, port_hex) = local.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    let ip = if v6 {
+        if ip_hex.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for w in 0..4 {
+            let word = u32::from_str_radix(&ip_hex[w * 8..w * 8 + 8], 16).ok()?;
+            bytes[w * 4..w * 4 + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    } else {
+        let word = u32::from_str_radix(ip_hex, 16).ok()?;
+        IpAddr::V4(Ipv4Addr::from(word.to_le_bytes()))
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_udp() {
+        let v4 = "  123: 0A14FEA9:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0";
+        assert_eq!(
+            parse_proc_net_local(v4, false),
+            Some("169.254.20.10:53".parse().unwrap())
+        );
+        let v6 = "  9: 000080FE00000000FF3F0000070000FE:0035 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000 0 0 1 2 0 0";
+        let got = parse_proc_net_local(v6, true).unwrap();
+        assert_eq!(got.port(), 53);
+        assert!(got.is_ipv6());
+    }
+
+    #[test]
+    fn sees_a_bound_socket() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = s.local_addr().unwrap();
+        assert!(other_instance_serving(&[a]));
+        drop(s);
+        assert!(!other_instance_serving(&[a]));
+    }
+}

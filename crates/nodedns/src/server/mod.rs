@@ -1,0 +1,71 @@
+//! Listening sockets and the DNS serving loops.
+
+pub mod batch;
+pub mod tcp;
+pub mod udp;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The DNS sockets of one process: per address, one UDP socket per worker and one TCP listener.
+pub struct Listeners {
+    pub udp: Vec<(SocketAddr, UdpSocket)>,
+    pub tcp: Vec<(SocketAddr, TcpListener)>,
+}
+
+fn base_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    // SO_REUSEPORT: a new nodedns (rolling update with maxSurge) can bind next to the old one;
+    // for UDP it also spreads clients across worker sockets by 4-tuple hash.
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    // IP_FREEBIND: binding must not fail when the node address is not (yet) on the interface,
+    // e.g. while node setup is being repaired.
+    if addr.is_ipv4() {
+        s.set_freebind_v4(true)?;
+    } else {
+        s.set_only_v6(true)?;
+        s.set_freebind_v6(true)?;
+    }
+    Ok(s)
+}
+
+/// Binds a UDP socket for a worker.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = base_socket(addr, Type::DGRAM, Protocol::UDP)?;
+    // A deep receive queue absorbs bursts (node-cache's UDP queue overflowed silently, #586).
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Binds a TCP listener.
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = base_socket(addr, Type::STREAM, Protocol::TCP)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+impl Listeners {
+    /// Binds every address: `workers` UDP sockets and one TCP listener each.
+    pub fn bind(addrs: &[SocketAddr], workers: usize) -> io::Result<Listeners> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for &addr in addrs {
+            for _ in 0..workers.max(1) {
+                udp.push((addr, bind_udp(addr).map_err(|e| with_addr(e, "udp", addr))?));
+            }
+            tcp.push((addr, bind_tcp(addr).map_err(|e| with_addr(e, "tcp", addr))?));
+        }
+        Ok(Listeners { udp, tcp })
+    }
+}
+
+fn with_addr(e: io::Error, proto: &str, addr: SocketAddr) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot bind {proto} {addr}: {e}"))
+}

@@ -1,0 +1,282 @@
+//! UDP serving: one OS thread per socket (SO_REUSEPORT spreads clients across them), batched
+//! syscalls, cache hits answered on the thread without allocating; misses handed to the async
+//! runtime, which answers through the same socket.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use nodedns_wire::{
+    Parsed, Rcode, Transport, parse_query, render_any_hinfo, render_rcode, render_rejection,
+    response_rcode_label,
+};
+
+use super::batch::{BatchIo, SEND_LEN};
+use crate::engine::Engine;
+use crate::metrics::{CacheResult, Proto, ShedReason};
+
+/// How long a worker blocks in `recvmmsg` before checking for shutdown and beating its heart.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A query for the async side: a miss to answer, or a popular entry to refresh.
+pub struct MissJob {
+    pub packet: Vec<u8>,
+    pub peer: SocketAddr,
+    pub socket: Arc<UdpSocket>,
+    pub received: Instant,
+    pub prefetch_only: bool,
+}
+
+/// Shared controls of the UDP workers.
+pub struct WorkerControl {
+    /// Stop reading (drain: a successor now owns the sockets, or shutdown).
+    pub stop: AtomicBool,
+    /// Test hook: milliseconds-since-start until which workers stall (to prove /health fails).
+    pub stall_until_ms: AtomicU64,
+    pub epoch: Instant,
+    /// Per worker: milliseconds since `epoch` at its last loop iteration.
+    pub heartbeats: Vec<AtomicU64>,
+}
+
+impl WorkerControl {
+    pub fn new(workers: usize) -> Arc<Self> {
+        Arc::new(Self {
+            stop: AtomicBool::new(false),
+            stall_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The oldest heartbeat's age.
+    pub fn max_heartbeat_age(&self) -> Duration {
+        let now = self.now_ms();
+        let oldest = self
+            .heartbeats
+            .iter()
+            .map(|h| h.load(Relaxed))
+            .min()
+            .unwrap_or(now);
+        Duration::from_millis(now.saturating_sub(oldest))
+    }
+}
+
+/// Runs one UDP worker until `control.stop` is set.
+pub fn run_worker(
+    index: usize,
+    socket: Arc<UdpSocket>,
+    engine: Arc<Engine>,
+    misses: mpsc::Sender<MissJob>,
+    control: Arc<WorkerControl>,
+) {
+    if let Err(e) = socket.set_read_timeout(Some(POLL_INTERVAL)) {
+        error!(error = %e, "cannot set UDP receive timeout; worker exits");
+        return;
+    }
+    let mut io = BatchIo::new(socket.as_raw_fd());
+    let max_udp = engine.max_udp_payload;
+    while !control.stop.load(Relaxed) {
+        control.heartbeats[index].store(control.now_ms(), Relaxed);
+        let stall = control.stall_until_ms.load(Relaxed);
+        if stall > control.now_ms() {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let n = match io.recv() {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "UDP receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let started = Instant::now();
+        // Cache hits of this batch by qtype, for the duration histogram (A, AAAA, other).
+        let mut hits = [0usize; 3];
+        for i in 0..n {
+            let Some((rx, out)) = io.received_and_send_buf(i) else {
+                break;
+            };
+            if let Some(reply) = handle_datagram(
+                &engine,
+                &socket,
+                &misses,
+                rx.data,
+                rx.truncated,
+                || rx.peer(),
+                max_udp,
+                out,
+            ) {
+                io.queue_reply(i, reply.len);
+                if let Some(qtype) = reply.cache_hit_qtype {
+                    hits[match qtype {
+                        1 => 0,
+                        28 => 1,
+                        _ => 2,
+                    }] += 1;
+                }
+            }
+        }
+        if let Err(e) = io.flush() {
+            warn!(error = %e, "UDP send failed");
+        }
+        if hits.iter().any(|&h| h > 0) {
+            // One clock read per batch: each answer's in-server time is at most the batch's.
+            let secs = started.elapsed().as_secs_f64();
+            for (qtype, count) in [1u16, 28, 0].into_iter().zip(hits) {
+                for _ in 0..count {
+                    engine.metrics.answered(CacheResult::Hit, qtype, secs);
+                }
+            }
+        }
+    }
+}
+
+/// An answer written by the worker itself.
+struct Reply {
+    len: usize,
+    /// Set when the answer came from the cache.
+    cache_hit_qtype: Option<u16>,
+}
+
+/// Handles one datagram. Returns the answer written to `out`, or `None` when there is none
+/// (dropped, or handed to the miss path).
+#[allow(clippy::too_many_arguments)]
+fn handle_datagram(
+    engine: &Arc<Engine>,
+    socket: &Arc<UdpSocket>,
+    misses: &mpsc::Sender<MissJob>,
+    data: &[u8],
+    truncated: bool,
+    peer: impl FnOnce() -> Option<SocketAddr>,
+    max_udp: u16,
+    out: &mut [u8; SEND_LEN],
+) -> Option<Reply> {
+    if truncated {
+        // Larger than any query we accept: not worth an answer.
+        engine.metrics.malformed("oversized");
+        return None;
+    }
+    let query = match parse_query(data) {
+        Parsed::Query(q) => q,
+        Parsed::Reject(r) => {
+            engine.metrics.malformed(r.reason.label());
+            let len = render_rejection(&r, out)?;
+            engine.metrics.response(response_rcode_label(&out[..len]));
+            return Some(Reply {
+                len,
+                cache_hit_qtype: None,
+            });
+        }
+        Parsed::Drop => {
+            engine.metrics.malformed("unparseable_header");
+            return None;
+        }
+    };
+    engine.metrics.request(Proto::Udp, query.qtype);
+    let transport = Transport::Udp {
+        max_len: query.max_udp_response(max_udp),
+    };
+    if query.qtype == nodedns_wire::query::TYPE_ANY {
+        let len = render_any_hinfo(&query, out)?;
+        engine.metrics.response("NOERROR");
+        return Some(Reply {
+            len,
+            cache_hit_qtype: None,
+        });
+    }
+    if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out) {
+        engine.metrics.response(response_rcode_label(&out[..len]));
+        if refresh_due {
+            if let Some(peer) = peer() {
+                let _ = misses.try_send(MissJob {
+                    packet: data.to_vec(),
+                    peer,
+                    socket: socket.clone(),
+                    received: Instant::now(),
+                    prefetch_only: true,
+                });
+            }
+        }
+        return Some(Reply {
+            len,
+            cache_hit_qtype: Some(query.qtype),
+        });
+    }
+    let peer = peer()?;
+    let job = MissJob {
+        packet: data.to_vec(),
+        peer,
+        socket: socket.clone(),
+        received: Instant::now(),
+        prefetch_only: false,
+    };
+    if misses.try_send(job).is_err() {
+        // The miss queue is full: shed rather than queue without bound.
+        engine.metrics.shed(ShedReason::Inflight);
+        let len = render_rcode(&query, Rcode::Refused, out)?;
+        engine.metrics.response("REFUSED");
+        return Some(Reply {
+            len,
+            cache_hit_qtype: None,
+        });
+    }
+    None
+}
+
+/// Answers misses handed over by the UDP workers, each in its own task.
+pub async fn run_miss_dispatcher(engine: Arc<Engine>, mut jobs: mpsc::Receiver<MissJob>) {
+    while let Some(job) = jobs.recv().await {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if job.prefetch_only {
+                engine.prefetch(&job.packet);
+                return;
+            }
+            let max_udp = engine.max_udp_payload;
+            let max_len = match parse_query(&job.packet) {
+                Parsed::Query(q) => q.max_udp_response(max_udp),
+                _ => 512,
+            };
+            let qtype = match parse_query(&job.packet) {
+                Parsed::Query(q) => q.qtype,
+                _ => 0,
+            };
+            let mut out = vec![0u8; SEND_LEN];
+            let Some(answer) = engine
+                .answer_miss(&job.packet, Transport::Udp { max_len }, &mut out)
+                .await
+            else {
+                return;
+            };
+            engine
+                .metrics
+                .response(response_rcode_label(&out[..answer.len]));
+            engine
+                .metrics
+                .answered(answer.result, qtype, job.received.elapsed().as_secs_f64());
+            if let Err(e) = job.socket.send_to(&out[..answer.len], job.peer) {
+                warn!(error = %e, peer = %job.peer, "UDP send failed");
+            }
+        });
+    }
+}

@@ -1,0 +1,321 @@
+//! Persistent, pipelined TCP connections to one endpoint (RFC 7766 §6.2.1.1).
+//!
+//! Each connection carries many outstanding queries at once. Responses are matched by ID *and*
+//! question and may arrive in any order. A connection that closes fails its outstanding queries
+//! with [`ErrorKind::Closed`], and the pool retries them on a new connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use nodedns_wire::{UpstreamQuestion, answers_question, build_query};
+
+use crate::OwnedQuestion;
+use crate::endpoint::{Endpoint, ErrorKind};
+
+struct Pending {
+    question: OwnedQuestion,
+    reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// One pipelined TCP connection.
+pub(crate) struct TcpConn {
+    frames: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u16, Pending>>,
+    closed: AtomicBool,
+    /// Wakes the writer task when the connection closes (it holds a sender of `frames` itself
+    /// through `conn`, so the channel alone would never end it).
+    shutdown: tokio::sync::Notify,
+    max_pending: usize,
+}
+
+impl TcpConn {
+    async fn connect(
+        endpoint: &Arc<Endpoint>,
+        timeout: Duration,
+        max_pending: usize,
+    ) -> Result<Arc<Self>, ErrorKind> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Err(ErrorKind::Connect),
+            Err(_) => return Err(ErrorKind::Connect),
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        // Bounded so a stalled upstream pushes back on callers instead of buffering without limit.
+        let (frames, rx) = mpsc::channel(1024);
+        let conn = Arc::new(TcpConn {
+            frames,
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            shutdown: tokio::sync::Notify::new(),
+            max_pending,
+        });
+        endpoint.stats.open_connections.fetch_add(1, Relaxed);
+        endpoint.stats.connections_opened.fetch_add(1, Relaxed);
+        tokio::spawn(write_loop(write, rx, conn.clone()));
+        tokio::spawn(read_loop(read, conn.clone(), endpoint.clone()));
+        Ok(conn)
+    }
+
+    fn is_usable(&self) -> bool {
+        !self.closed.load(Relaxed) && !self.frames.is_closed()
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Relaxed);
+        self.shutdown.notify_one();
+        // Dropping the senders fails every outstanding exchange with `Closed`.
+        self.pending.lock().clear();
+    }
+
+    /// Sends one query and waits for its response, at most `timeout`.
+    pub(crate) async fn exchange(
+        &self,
+        q: &UpstreamQuestion<'_>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ErrorKind> {
+        if !self.is_usable() {
+            return Err(ErrorKind::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut pending = self.pending.lock();
+            if pending.len() >= self.max_pending {
+                return Err(ErrorKind::Overloaded);
+            }
+            // IDs are random so an off-path attacker cannot predict them (RFC 5452 §9.2).
+            let mut id = rand::random::<u16>();
+            while pending.contains_key(&id) {
+                id = id.wrapping_add(rand::random::<u16>() | 1);
+            }
+            pending.insert(
+                id,
+                Pending {
+                    question: OwnedQuestion::from(q),
+                    reply: tx,
+                },
+            );
+            id
+        };
+        let mut frame = Vec::with_capacity(2 + 64 + q.name.as_wire().len());
+        frame.extend_from_slice(&[0, 0]);
+        let mut body = Vec::new();
+        build_query(id, q, &mut body);
+        frame[0..2].copy_from_slice(&(body.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let deadline = Instant::now() + timeout;
+        let sent = tokio::time::timeout_at(deadline, self.frames.send(frame)).await;
+        let result = match sent {
+            Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(_)) => Err(ErrorKind::Closed),
+                Err(_) => Err(ErrorKind::Timeout),
+            },
+            Ok(Err(_)) => Err(ErrorKind::Closed),
+            Err(_) => Err(ErrorKind::Timeout),
+        };
+        if result.is_err() {
+            self.pending.lock().remove(&id);
+        }
+        result
+    }
+}
+
+async fn write_loop(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, conn: Arc<TcpConn>) {
+    let mut out = BufWriter::with_capacity(16 * 1024, write);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = conn.shutdown.notified() => break,
+            frame = rx.recv() => match frame {
+                Some(f) => f,
+                None => break,
+            },
+        };
+        if out.write_all(&frame).await.is_err() {
+            break;
+        }
+        // Coalesce whatever else is queued into the same segment(s), then flush.
+        while let Ok(frame) = rx.try_recv() {
+            if out.write_all(&frame).await.is_err() {
+                conn.close();
+                return;
+            }
+        }
+        if out.flush().await.is_err() {
+            break;
+        }
+    }
+    conn.close();
+}
+
+async fn read_loop(mut read: OwnedReadHalf, conn: Arc<TcpConn>, endpoint: Arc<Endpoint>) {
+    let mut len_buf = [0u8; 2];
+    loop {
+        if read.read_exact(&mut len_buf).await.is_err() {
+            break;
+        }
+        let len = u16::from_be_bytes(len_buf) as usize;
+        if len < 12 {
+            // A frame too short to be a DNS message: the stream cannot be trusted any more.
+            endpoint.stats.count_error(ErrorKind::Malformed);
+            break;
+        }
+        let mut resp = vec![0u8; len];
+        if read.read_exact(&mut resp).await.is_err() {
+            break;
+        }
+        let id = u16::from_be_bytes([resp[0], resp[1]]);
+        let mut pending = conn.pending.lock();
+        let matched = match pending.get(&id) {
+            Some(p) => answers_question(&resp, &p.question.as_question()),
+            None => false,
+        };
+        if matched {
+            if let Some(p) = pending.remove(&id) {
+                let _ = p.reply.send(resp);
+            }
+        } else {
+            // Unknown ID or wrong question: never delivered. The real answer may still come.
+            endpoint.stats.count_error(ErrorKind::Mismatch);
+        }
+    }
+    conn.close();
+    endpoint.stats.open_connections.fetch_sub(1, Relaxed);
+}
+
+/// A fixed number of connection slots to one endpoint, connected lazily and re-opened with
+/// backoff after failures.
+pub(crate) struct TcpPool {
+    slots: Vec<tokio::sync::Mutex<Slot>>,
+    next: AtomicUsize,
+    connect_timeout: Duration,
+    max_pending: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<Arc<TcpConn>>,
+    failures: u32,
+    retry_after: Option<Instant>,
+}
+
+const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
+impl TcpPool {
+    pub(crate) fn new(size: usize, connect_timeout: Duration, max_pending: usize) -> Self {
+        Self {
+            slots: (0..size.max(1))
+                .map(|_| tokio::sync::Mutex::new(Slot::default()))
+                .collect(),
+            next: AtomicUsize::new(0),
+            connect_timeout,
+            max_pending,
+        }
+    }
+
+    /// A usable connection: the least loaded of the open ones, opening a new one in an empty
+    /// slot only when every open connection already has queries outstanding.
+    pub(crate) async fn conn(&self, endpoint: &Arc<Endpoint>) -> Result<Arc<TcpConn>, ErrorKind> {
+        let start = self.next.fetch_add(1, Relaxed);
+        let n = self.slots.len();
+        let mut best: Option<Arc<TcpConn>> = None;
+        let mut empty_slot = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let slot = self.slots[idx].lock().await;
+            match &slot.conn {
+                Some(c) if c.is_usable() => {
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| c.pending_len() < b.pending_len())
+                    {
+                        best = Some(c.clone());
+                    }
+                }
+                _ => {
+                    empty_slot.get_or_insert(idx);
+                }
+            }
+        }
+        if let Some(b) = &best {
+            if b.pending_len() == 0 || empty_slot.is_none() {
+                return Ok(b.clone());
+            }
+        }
+        let Some(idx) = empty_slot else {
+            return best.ok_or(ErrorKind::Connect);
+        };
+        let mut slot = self.slots[idx].lock().await;
+        if let Some(c) = &slot.conn {
+            if c.is_usable() {
+                return Ok(c.clone());
+            }
+        }
+        if let Some(after) = slot.retry_after {
+            if Instant::now() < after {
+                return best.ok_or(ErrorKind::Connect);
+            }
+        }
+        match TcpConn::connect(endpoint, self.connect_timeout, self.max_pending).await {
+            Ok(c) => {
+                slot.conn = Some(c.clone());
+                slot.failures = 0;
+                slot.retry_after = None;
+                Ok(c)
+            }
+            Err(e) => {
+                slot.conn = None;
+                slot.failures = slot.failures.saturating_add(1);
+                let backoff = MIN_RECONNECT_BACKOFF
+                    .saturating_mul(1 << slot.failures.min(10))
+                    .min(MAX_RECONNECT_BACKOFF);
+                slot.retry_after = Some(Instant::now() + backoff);
+                best.ok_or(e)
+            }
+        }
+    }
+
+    /// Opens every slot now, so the first queries do not pay for the handshake.
+    pub(crate) async fn warm(&self, endpoint: &Arc<Endpoint>) {
+        for slot in &self.slots {
+            let mut slot = slot.lock().await;
+            if slot.conn.as_ref().is_none_or(|c| !c.is_usable()) {
+                if let Ok(c) =
+                    TcpConn::connect(endpoint, self.connect_timeout, self.max_pending).await
+                {
+                    slot.conn = Some(c);
+                }
+            }
+        }
+    }
+
+    /// Closes every connection (endpoint removed or shutting down).
+    pub(crate) async fn close_all(&self) {
+        for slot in &self.slots {
+            if let Some(c) = slot.lock().await.conn.take() {
+                c.close();
+            }
+        }
+    }
+}
+
+impl Drop for TcpConn {
+    fn drop(&mut self) {
+        self.closed.store(true, Relaxed);
+    }
+}

@@ -1,0 +1,217 @@
+//! Transport tests against the programmable fake upstream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::rr::{Name, RecordType};
+use nodedns_cache::{Disposition, LowerName};
+use nodedns_testkit::{Behaviour, FakeUpstream, Transport as FakeTransport};
+use nodedns_wire::UpstreamQuestion;
+
+use super::*;
+
+fn wire(name: &str) -> Vec<u8> {
+    let mut w = Vec::new();
+    for l in name.split('.') {
+        w.push(l.len() as u8);
+        w.extend_from_slice(l.as_bytes());
+    }
+    w.push(0);
+    w
+}
+
+fn q(w: &[u8], qtype: u16) -> UpstreamQuestion<'_> {
+    UpstreamQuestion {
+        name: LowerName::new(w).unwrap(),
+        qtype,
+        qclass: 1,
+        dnssec_ok: false,
+        checking_disabled: false,
+    }
+}
+
+fn pool(addrs: &[SocketAddr], transport: Transport, conns: usize) -> Arc<UpstreamPool> {
+    Arc::new(UpstreamPool::new(
+        addrs,
+        PoolConfig {
+            transport,
+            tcp_connections: conns,
+            query_timeout: Duration::from_millis(800),
+            ..PoolConfig::default()
+        },
+    ))
+}
+
+#[tokio::test]
+async fn many_queries_share_one_pipelined_connection() {
+    let up = FakeUpstream::start();
+    for i in 0..200 {
+        up.answer(&format!("n{i}.example"), RecordType::A, &["10.0.0.1"], 30);
+    }
+    let p = pool(&[up.addr()], Transport::Tcp, 1);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let w = wire(&format!("n{i}.example"));
+            p.resolve(&q(&w, 1), &Name::root()).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        assert!(matches!(r.answer.disposition, Disposition::Positive { .. }));
+    }
+    assert_eq!(up.tcp_connections_accepted(), 1);
+    assert!(up.log().iter().all(|l| l.transport == FakeTransport::Tcp));
+}
+
+#[tokio::test]
+async fn answers_arrive_out_of_order() {
+    let up = FakeUpstream::start();
+    up.answer("slow.example", RecordType::A, &["10.0.0.1"], 30);
+    up.answer("fast.example", RecordType::A, &["10.0.0.2"], 30);
+    up.behaviour(
+        "slow.example",
+        RecordType::A,
+        Behaviour::Delay(Duration::from_millis(400)),
+    );
+    let p = pool(&[up.addr()], Transport::Tcp, 1);
+    let p2 = p.clone();
+    let slow = tokio::spawn(async move {
+        let w = wire("slow.example");
+        let r = p2.resolve(&q(&w, 1), &Name::root()).await;
+        (r.is_ok(), tokio::time::Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let w = wire("fast.example");
+    assert!(p.resolve(&q(&w, 1), &Name::root()).await.is_ok());
+    let fast_done = tokio::time::Instant::now();
+    let (ok, slow_done) = slow.await.unwrap();
+    assert!(ok);
+    assert!(
+        fast_done < slow_done,
+        "the fast answer was not held behind the slow one"
+    );
+    assert_eq!(up.tcp_connections_accepted(), 1);
+}
+
+#[tokio::test]
+async fn queries_on_a_closed_connection_are_retried_on_a_new_one() {
+    let up = FakeUpstream::start();
+    up.answer("pending.example", RecordType::A, &["10.0.0.1"], 30);
+    up.behaviour(
+        "pending.example",
+        RecordType::A,
+        Behaviour::Delay(Duration::from_millis(200)),
+    );
+    up.behaviour(
+        "killer.example",
+        RecordType::A,
+        Behaviour::CloseConnectionOnce,
+    );
+    let p = pool(&[up.addr()], Transport::Tcp, 1);
+    let p2 = p.clone();
+    let pending = tokio::spawn(async move {
+        let w = wire("pending.example");
+        p2.resolve(&q(&w, 1), &Name::root()).await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let w = wire("killer.example");
+    let killer = p.resolve(&q(&w, 1), &Name::root()).await;
+    assert!(
+        killer.is_ok(),
+        "the killer's own retry is answered: {killer:?}"
+    );
+    let r = pending.await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    assert!(up.tcp_connections_accepted() >= 2);
+}
+
+#[tokio::test]
+async fn udp_truncation_falls_back_to_tcp() {
+    let up = FakeUpstream::start();
+    up.answer("big.example", RecordType::TXT, &["\"hello\""], 30);
+    up.behaviour("big.example", RecordType::TXT, Behaviour::Truncate);
+    let p = pool(&[up.addr()], Transport::Udp, 1);
+    let w = wire("big.example");
+    let r = p.resolve(&q(&w, 16), &Name::root()).await.unwrap();
+    assert!(matches!(r.answer.disposition, Disposition::Positive { .. }));
+    let transports: Vec<_> = up.log().iter().map(|l| l.transport).collect();
+    assert_eq!(transports, vec![FakeTransport::Udp, FakeTransport::Tcp]);
+}
+
+#[tokio::test]
+async fn responses_with_wrong_id_or_question_are_never_accepted() {
+    for bad in [Behaviour::WrongId, Behaviour::WrongQuestion] {
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let up = FakeUpstream::start();
+            up.answer("x.example", RecordType::A, &["6.6.6.6"], 30);
+            up.behaviour("x.example", RecordType::A, bad.clone());
+            let p = UpstreamPool::new(
+                &[up.addr()],
+                PoolConfig {
+                    transport,
+                    tcp_connections: 1,
+                    query_timeout: Duration::from_millis(300),
+                    max_attempts: 1,
+                    ..PoolConfig::default()
+                },
+            );
+            let w = wire("x.example");
+            let r = p.resolve(&q(&w, 1), &Name::root()).await;
+            assert!(r.is_err(), "{bad:?} over {transport:?} was accepted");
+            let ep = &p.endpoints()[0].endpoint;
+            assert!(
+                ep.stats.error(ErrorKind::Mismatch) > 0 || ep.stats.error(ErrorKind::Timeout) > 0
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_is_skipped_and_ejected() {
+    let good = FakeUpstream::start();
+    let bad = FakeUpstream::start();
+    bad.set_default_behaviour(Behaviour::Drop);
+    for i in 0..20 {
+        good.answer(&format!("n{i}.example"), RecordType::A, &["10.0.0.1"], 30);
+    }
+    let p = pool(&[bad.addr(), good.addr()], Transport::Tcp, 1);
+    for i in 0..20 {
+        let w = wire(&format!("n{i}.example"));
+        let r = p.resolve(&q(&w, 1), &Name::root()).await.unwrap();
+        assert_eq!(r.endpoint, good.addr());
+    }
+    let eps = p.endpoints();
+    let bad_ep = eps.iter().find(|e| e.endpoint.addr == bad.addr()).unwrap();
+    assert_eq!(bad_ep.endpoint.health(), Health::Ejected);
+    // Once ejected it gets no more queries: far fewer than 20 reached it.
+    assert!(
+        bad.log().len() < 10,
+        "{} queries reached the dead endpoint",
+        bad.log().len()
+    );
+}
+
+#[tokio::test]
+async fn servfail_is_a_failure_and_tries_the_next_endpoint() {
+    let a = FakeUpstream::start();
+    let b = FakeUpstream::start();
+    a.set_default_behaviour(Behaviour::ServFail);
+    b.set_default_behaviour(Behaviour::ServFail);
+    let p = pool(&[a.addr(), b.addr()], Transport::Tcp, 1);
+    let w = wire("any.example");
+    let r = p.resolve(&q(&w, 1), &Name::root()).await;
+    assert!(
+        matches!(
+            r,
+            Err(UpstreamError::Failed {
+                last: ErrorKind::Rcode,
+                rcode: Some(2)
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(a.log().len() + b.log().len() >= 2);
+}
