@@ -34,11 +34,7 @@ impl Disposition {
             // an SOA SHOULD NOT be cached; we keep it for the floor only, which shields the
             // upstream from retry storms without holding an unverifiable denial for long.
             Disposition::Denial { soa: None, .. } => policy.min_ttl,
-            Disposition::Denial {
-                soa: Some((soa_ttl, minimum)),
-                chain_ttl,
-                ..
-            } => {
+            Disposition::Denial { soa: Some((soa_ttl, minimum)), chain_ttl, .. } => {
                 let mut ttl = soa_ttl.min(minimum);
                 if let Some(chain) = chain_ttl {
                     ttl = ttl.min(chain);
@@ -61,20 +57,14 @@ pub struct CacheableAnswer {
 impl CacheableAnswer {
     /// The TTL offsets as little-endian bytes, the form [`AnswerView::detached`] takes.
     pub fn ttl_offsets_le(&self) -> Vec<u8> {
-        self.ttl_offsets
-            .iter()
-            .flat_map(|o| o.to_le_bytes())
-            .collect()
+        self.ttl_offsets.iter().flat_map(|o| o.to_le_bytes()).collect()
     }
 
     /// Whether the offsets all point inside the message, leaving room for a 4-byte TTL.
     pub(crate) fn is_consistent(&self) -> bool {
         self.message.len() <= u16::MAX as usize
             && self.ttl_offsets.len() <= u8::MAX as usize
-            && self
-                .ttl_offsets
-                .iter()
-                .all(|&o| o as usize >= 12 && o as usize + 4 <= self.message.len())
+            && self.ttl_offsets.iter().all(|&o| o as usize >= 12 && o as usize + 4 <= self.message.len())
     }
 }
 
@@ -148,23 +138,13 @@ mod tests {
     use super::*;
 
     fn policy() -> TtlPolicy {
-        TtlPolicy {
-            min_ttl: Ttl::from_secs(5),
-            max_ttl: Ttl::from_secs(3600),
-            denial_max_ttl: Ttl::from_secs(1800),
-        }
+        TtlPolicy { min_ttl: Ttl::from_secs(5), max_ttl: Ttl::from_secs(3600), denial_max_ttl: Ttl::from_secs(1800) }
     }
 
     #[test]
     fn positive_lifetime_is_clamped() {
         let p = policy();
-        let life = |t| {
-            Disposition::Positive {
-                ttl: Ttl::from_secs(t),
-            }
-            .lifetime(&p)
-            .secs()
-        };
+        let life = |t| Disposition::Positive { ttl: Ttl::from_secs(t) }.lifetime(&p).secs();
         assert_eq!(life(0), 5);
         assert_eq!(life(30), 30);
         assert_eq!(life(86400), 3600);

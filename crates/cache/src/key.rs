@@ -43,20 +43,14 @@ impl<'a> LowerName<'a> {
             };
             let len = len as usize;
             if len == 0 {
-                return if pos + 1 == wire.len() {
-                    Ok(Self(wire))
-                } else {
-                    Err(NameError::Unterminated)
-                };
+                return if pos + 1 == wire.len() { Ok(Self(wire)) } else { Err(NameError::Unterminated) };
             }
             // A length octet above 63 has one of the top bits set: a compression pointer or a
             // reserved label type (RFC 1035 §4.1.4, RFC 6891 §5), never a plain label.
             if len > MAX_LABEL_LEN {
                 return Err(NameError::BadLabelType);
             }
-            let label = wire
-                .get(pos + 1..pos + 1 + len)
-                .ok_or(NameError::Unterminated)?;
+            let label = wire.get(pos + 1..pos + 1 + len).ok_or(NameError::Unterminated)?;
             if label.iter().any(u8::is_ascii_uppercase) {
                 return Err(NameError::NotLowercase);
             }
@@ -120,13 +114,7 @@ impl<'a> CacheKey<'a> {
             (TYPE_AAAA, CLASS_IN) => (KeyKind::Pair, Member::Aaaa),
             (t, _) => (KeyKind::Single(t), Member::Single),
         };
-        let key = CacheKey {
-            name,
-            kind,
-            class: qclass,
-            dnssec_ok,
-            checking_disabled,
-        };
+        let key = CacheKey { name, kind, class: qclass, dnssec_ok, checking_disabled };
         (key, member)
     }
 
@@ -154,10 +142,7 @@ impl<'a> CacheKey<'a> {
 
 /// Lower-cases a wire name into `buf` (ASCII only, RFC 4343 §3) and validates it, returning the
 /// key name. The returned name borrows `buf`, so this allocates nothing.
-pub fn lowercase_into<'b>(
-    wire: &[u8],
-    buf: &'b mut [u8; MAX_NAME_LEN],
-) -> Result<LowerName<'b>, NameError> {
+pub fn lowercase_into<'b>(wire: &[u8], buf: &'b mut [u8; MAX_NAME_LEN]) -> Result<LowerName<'b>, NameError> {
     if wire.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong);
     }
@@ -179,10 +164,7 @@ mod tests {
         assert!(LowerName::new(b"\x00").is_ok());
         assert_eq!(LowerName::new(b"\x01A\x00"), Err(NameError::NotLowercase));
         assert_eq!(LowerName::new(b"\x01a"), Err(NameError::Unterminated));
-        assert_eq!(
-            LowerName::new(b"\x01a\x00\x00"),
-            Err(NameError::Unterminated)
-        );
+        assert_eq!(LowerName::new(b"\x01a\x00\x00"), Err(NameError::Unterminated));
         assert_eq!(LowerName::new(b"\xc0\x0c"), Err(NameError::BadLabelType));
         let mut long = vec![64u8];
         long.extend([b'a'; 64]);

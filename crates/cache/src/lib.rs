@@ -20,8 +20,8 @@ mod ttl;
 
 pub use answer::{AnswerView, CacheableAnswer, Disposition, Freshness, STALE_TTL};
 pub use key::{
-    CLASS_IN, CacheKey, KeyKind, LowerName, MAX_LABEL_LEN, MAX_NAME_LEN, Member, NameError, TYPE_A,
-    TYPE_AAAA, lowercase_into,
+    CLASS_IN, CacheKey, KeyKind, LowerName, MAX_LABEL_LEN, MAX_NAME_LEN, Member, NameError, TYPE_A, TYPE_AAAA,
+    lowercase_into,
 };
 pub use store::{Cache, CacheCounters, CacheLimits, InsertError, Inserted};
 pub use ttl::{Timestamp, Ttl, TtlPolicy};

@@ -73,18 +73,12 @@ impl Slot {
         let header = pos;
         pos += 3 * members;
         let mut ttl_start = pos;
-        let mut msg_start = pos
-            + 2 * (0..members)
-                .map(|m| b[header + 3 * m + 2] as usize)
-                .sum::<usize>();
+        let mut msg_start = pos + 2 * (0..members).map(|m| b[header + 3 * m + 2] as usize).sum::<usize>();
         for m in 0..members {
             let msg_len = u16::from_le_bytes([b[header + 3 * m], b[header + 3 * m + 1]]) as usize;
             let ttl_len = 2 * b[header + 3 * m + 2] as usize;
             if m == index {
-                return Some((
-                    &b[msg_start..msg_start + msg_len],
-                    &b[ttl_start..ttl_start + ttl_len],
-                ));
+                return Some((&b[msg_start..msg_start + msg_len], &b[ttl_start..ttl_start + ttl_len]));
             }
             ttl_start += ttl_len;
             msg_start += msg_len;
@@ -102,12 +96,7 @@ impl Slot {
 }
 
 fn build_blob(name: &[u8], answers: &[&CacheableAnswer]) -> Box<[u8]> {
-    let total = 2
-        + name.len()
-        + answers
-            .iter()
-            .map(|a| 3 + 2 * a.ttl_offsets.len() + a.message.len())
-            .sum::<usize>();
+    let total = 2 + name.len() + answers.iter().map(|a| 3 + 2 * a.ttl_offsets.len() + a.message.len()).sum::<usize>();
     let mut b = Vec::with_capacity(total);
     b.push(name.len() as u8);
     b.extend_from_slice(name);
@@ -137,13 +126,7 @@ struct Shard {
 
 impl Shard {
     fn new() -> Self {
-        Self {
-            table: HashTable::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            hand: 0,
-            blob_bytes: 0,
-        }
+        Self { table: HashTable::new(), slots: Vec::new(), free: Vec::new(), hand: 0, blob_bytes: 0 }
     }
 
     /// Every byte this shard holds: entry blobs plus the slab, free list and table capacity.
@@ -156,13 +139,7 @@ impl Shard {
 
     fn find(&self, hash: u64, key: &CacheKey<'_>) -> Option<u32> {
         let slots = &self.slots;
-        self.table
-            .find(hash, |&i| {
-                slots[i as usize]
-                    .as_ref()
-                    .is_some_and(|s| s.matches(hash, key))
-            })
-            .copied()
+        self.table.find(hash, |&i| slots[i as usize].as_ref().is_some_and(|s| s.matches(hash, key))).copied()
     }
 
     fn remove_index(&mut self, index: u32) -> Option<Slot> {
@@ -212,11 +189,7 @@ pub struct CacheLimits {
 
 impl Default for CacheLimits {
     fn default() -> Self {
-        Self {
-            max_bytes: 64 << 20,
-            max_stale: Ttl::from_secs(3600),
-            shards: 64,
-        }
+        Self { max_bytes: 64 << 20, max_stale: Ttl::from_secs(3600), shards: 64 }
     }
 }
 
@@ -319,31 +292,18 @@ impl Cache {
             let remaining_ms = slot.expires_at.millis_since(now);
             (
                 remaining_ms.div_ceil(1000) as u32,
-                Freshness::Fresh {
-                    refresh_due: self.claim_refresh(slot, remaining_ms),
-                },
+                Freshness::Fresh { refresh_due: self.claim_refresh(slot, remaining_ms) },
             )
         } else if slot.is_dead(now, self.limits.max_stale) {
             return None;
         } else {
             let expired_for = (now.millis_since(slot.expires_at) / 1000) as u32;
-            (
-                STALE_TTL,
-                Freshness::Stale {
-                    expired_for_secs: expired_for,
-                },
-            )
+            (STALE_TTL, Freshness::Stale { expired_for_secs: expired_for })
         };
         if slot.state.load(Relaxed) & REFERENCED == 0 {
             slot.state.fetch_or(REFERENCED, Relaxed);
         }
-        let view = AnswerView {
-            message,
-            ttl_offsets,
-            ttl,
-            freshness,
-            split,
-        };
+        let view = AnswerView { message, ttl_offsets, ttl, freshness, split };
         Some(f(&view))
     }
 
@@ -391,10 +351,7 @@ impl Cache {
         now: Timestamp,
     ) -> Result<Inserted, InsertError> {
         let split = a.disposition.is_nxdomain() != aaaa.disposition.is_nxdomain();
-        let mut lifetime = a
-            .disposition
-            .lifetime(policy)
-            .min(aaaa.disposition.lifetime(policy));
+        let mut lifetime = a.disposition.lifetime(policy).min(aaaa.disposition.lifetime(policy));
         if split {
             lifetime = lifetime.min(policy.min_ttl);
             self.counters.split_pairs.fetch_add(1, Relaxed);
@@ -439,20 +396,12 @@ impl Cache {
         let mut evicted = 0;
 
         if let Some(index) = shard.find(hash, key) {
-            let old = shard.slots[index as usize]
-                .replace(slot)
-                .map(|s| s.bytes())
-                .unwrap_or(0);
-            let new = shard.slots[index as usize]
-                .as_ref()
-                .map(|s| s.bytes())
-                .unwrap_or(0);
+            let old = shard.slots[index as usize].replace(slot).map(|s| s.bytes()).unwrap_or(0);
+            let new = shard.slots[index as usize].as_ref().map(|s| s.bytes()).unwrap_or(0);
             shard.blob_bytes = shard.blob_bytes - old + new;
         } else {
             // Make room first, counting the growth of the slab and table this insert may cause.
-            while shard.bytes() + need > self.shard_budget
-                && shard.evict_one(now, self.limits.max_stale)
-            {
+            while shard.bytes() + need > self.shard_budget && shard.evict_one(now, self.limits.max_stale) {
                 evicted += 1;
             }
             shard.blob_bytes += slot.bytes();
@@ -467,9 +416,7 @@ impl Cache {
                 }
             };
             let Shard { table, slots, .. } = &mut *shard;
-            table.insert_unique(hash, index, |&i| {
-                slots[i as usize].as_ref().map_or(0, |s| s.hash)
-            });
+            table.insert_unique(hash, index, |&i| slots[i as usize].as_ref().map_or(0, |s| s.hash));
             // Growth of the slab or table may still overshoot by a rehash; shed entries until
             // the shard is back under its budget.
             while shard.bytes() > self.shard_budget
@@ -489,11 +436,7 @@ impl Cache {
         self.entries.fetch_sub(before_entries as u64, Relaxed);
         self.counters.inserts.fetch_add(1, Relaxed);
         self.counters.evictions.fetch_add(evicted as u64, Relaxed);
-        Ok(Inserted {
-            lifetime,
-            split,
-            evicted,
-        })
+        Ok(Inserted { lifetime, split, evicted })
     }
 
     /// Removes an entry; returns whether one was stored.

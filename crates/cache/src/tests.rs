@@ -5,11 +5,7 @@ use super::*;
 const NAME: &[u8] = b"\x01a\x02ns\x03svc\x07cluster\x05local\x00";
 
 fn policy() -> TtlPolicy {
-    TtlPolicy {
-        min_ttl: Ttl::from_secs(5),
-        max_ttl: Ttl::from_secs(3600),
-        denial_max_ttl: Ttl::from_secs(1800),
-    }
+    TtlPolicy { min_ttl: Ttl::from_secs(5), max_ttl: Ttl::from_secs(3600), denial_max_ttl: Ttl::from_secs(1800) }
 }
 
 /// A fake message: a 12-byte header whose rcode byte is set, then `records` 4-byte TTL fields.
@@ -22,21 +18,11 @@ fn answer(rcode: u8, records: usize, disposition: Disposition) -> CacheableAnswe
         ttl_offsets.push(message.len() as u16);
         message.extend_from_slice(&[0xff; 4]);
     }
-    CacheableAnswer {
-        message,
-        ttl_offsets,
-        disposition,
-    }
+    CacheableAnswer { message, ttl_offsets, disposition }
 }
 
 fn positive(ttl: u32) -> CacheableAnswer {
-    answer(
-        0,
-        2,
-        Disposition::Positive {
-            ttl: Ttl::from_secs(ttl),
-        },
-    )
+    answer(0, 2, Disposition::Positive { ttl: Ttl::from_secs(ttl) })
 }
 
 fn denial(nxdomain: bool, soa_ttl: u32, minimum: u32) -> CacheableAnswer {
@@ -56,11 +42,7 @@ fn key(qtype: u16) -> (CacheKey<'static>, Member) {
 }
 
 fn cache() -> Cache {
-    Cache::new(CacheLimits {
-        max_bytes: 1 << 20,
-        max_stale: Ttl::from_secs(3600),
-        shards: 4,
-    })
+    Cache::new(CacheLimits { max_bytes: 1 << 20, max_stale: Ttl::from_secs(3600), shards: 4 })
 }
 
 /// Served (ttl, freshness, every TTL field as rendered).
@@ -88,9 +70,7 @@ fn pair_members_share_one_expiry_and_count_down_together() {
     let t0 = Timestamp::from_secs(1000);
     let (k, _) = key(TYPE_A);
     // A TTL 30, AAAA TTL 7: the pair lives 7 s.
-    let ins = c
-        .insert_pair(&k, &positive(30), &positive(7), &policy(), t0)
-        .unwrap();
+    let ins = c.insert_pair(&k, &positive(30), &positive(7), &policy(), t0).unwrap();
     assert_eq!(ins.lifetime.secs(), 7);
     assert!(!ins.split);
 
@@ -106,21 +86,10 @@ fn pair_members_share_one_expiry_and_count_down_together() {
 
     // Both expire at the same instant.
     let t7 = t0.add_secs(7);
-    assert!(matches!(
-        served(&c, TYPE_A, t7).unwrap().1,
-        Freshness::Stale { .. }
-    ));
-    assert!(matches!(
-        served(&c, TYPE_AAAA, t7).unwrap().1,
-        Freshness::Stale { .. }
-    ));
+    assert!(matches!(served(&c, TYPE_A, t7).unwrap().1, Freshness::Stale { .. }));
+    assert!(matches!(served(&c, TYPE_AAAA, t7).unwrap().1, Freshness::Stale { .. }));
     let just_before = t7.add_millis(0).as_millis() - 1;
-    assert!(matches!(
-        served(&c, TYPE_AAAA, Timestamp::from_millis(just_before))
-            .unwrap()
-            .1,
-        Freshness::Fresh { .. }
-    ));
+    assert!(matches!(served(&c, TYPE_AAAA, Timestamp::from_millis(just_before)).unwrap().1, Freshness::Fresh { .. }));
 }
 
 #[test]
@@ -128,8 +97,7 @@ fn remaining_ttl_rounds_up_so_it_is_never_zero_while_fresh() {
     let c = cache();
     let t0 = Timestamp::from_secs(10);
     let (k, _) = key(TYPE_A);
-    c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0)
-        .unwrap();
+    c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0).unwrap();
     assert_eq!(served(&c, TYPE_A, t0.add_millis(9_001)).unwrap().0, 1);
     assert_eq!(served(&c, TYPE_A, t0.add_millis(500)).unwrap().0, 10);
 }
@@ -139,11 +107,9 @@ fn refresh_replaces_both_members() {
     let c = cache();
     let t0 = Timestamp::from_secs(0);
     let (k, _) = key(TYPE_A);
-    c.insert_pair(&k, &positive(60), &positive(60), &policy(), t0)
-        .unwrap();
+    c.insert_pair(&k, &positive(60), &positive(60), &policy(), t0).unwrap();
     let t1 = t0.add_secs(50);
-    c.insert_pair(&k, &positive(100), &denial(false, 300, 300), &policy(), t1)
-        .unwrap();
+    c.insert_pair(&k, &positive(100), &denial(false, 300, 300), &policy(), t1).unwrap();
     assert_eq!(served(&c, TYPE_A, t1).unwrap().0, 100);
     assert_eq!(served(&c, TYPE_AAAA, t1).unwrap().0, 100);
     assert_eq!(c.entries(), 1);
@@ -154,26 +120,17 @@ fn split_pair_lives_no_longer_than_min_ttl() {
     let c = cache();
     let t0 = Timestamp::from_secs(0);
     let (k, _) = key(TYPE_A);
-    let ins = c
-        .insert_pair(&k, &denial(true, 600, 600), &positive(300), &policy(), t0)
-        .unwrap();
+    let ins = c.insert_pair(&k, &denial(true, 600, 600), &positive(300), &policy(), t0).unwrap();
     assert!(ins.split);
     assert_eq!(ins.lifetime.secs(), 5);
-    assert_eq!(
-        c.counters
-            .split_pairs
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(c.counters.split_pairs.load(std::sync::atomic::Ordering::Relaxed), 1);
     let split = {
         let (k, m) = key(TYPE_A);
         c.lookup(&k, m, t0, |v| v.split).unwrap()
     };
     assert!(split);
     // NODATA + NOERROR is not split: both are NOERROR.
-    let ins = c
-        .insert_pair(&k, &denial(false, 600, 600), &positive(300), &policy(), t0)
-        .unwrap();
+    let ins = c.insert_pair(&k, &denial(false, 600, 600), &positive(300), &policy(), t0).unwrap();
     assert!(!ins.split);
 }
 
@@ -182,36 +139,11 @@ fn ttls_are_clamped_to_zone_policy() {
     let c = cache();
     let t0 = Timestamp::from_secs(0);
     let (k, _) = key(TYPE_A);
-    let zone = TtlPolicy {
-        min_ttl: Ttl::from_secs(5),
-        max_ttl: Ttl::from_secs(30),
-        denial_max_ttl: Ttl::from_secs(5),
-    };
+    let zone = TtlPolicy { min_ttl: Ttl::from_secs(5), max_ttl: Ttl::from_secs(30), denial_max_ttl: Ttl::from_secs(5) };
+    assert_eq!(c.insert_pair(&k, &positive(86400), &positive(86400), &zone, t0).unwrap().lifetime.secs(), 30);
+    assert_eq!(c.insert_pair(&k, &positive(0), &positive(1), &zone, t0).unwrap().lifetime.secs(), 5);
     assert_eq!(
-        c.insert_pair(&k, &positive(86400), &positive(86400), &zone, t0)
-            .unwrap()
-            .lifetime
-            .secs(),
-        30
-    );
-    assert_eq!(
-        c.insert_pair(&k, &positive(0), &positive(1), &zone, t0)
-            .unwrap()
-            .lifetime
-            .secs(),
-        5
-    );
-    assert_eq!(
-        c.insert_pair(
-            &k,
-            &denial(true, 3600, 3600),
-            &denial(true, 3600, 3600),
-            &zone,
-            t0
-        )
-        .unwrap()
-        .lifetime
-        .secs(),
+        c.insert_pair(&k, &denial(true, 3600, 3600), &denial(true, 3600, 3600), &zone, t0).unwrap().lifetime.secs(),
         5
     );
 }
@@ -221,21 +153,13 @@ fn negative_ttl_comes_from_soa_and_counts_down() {
     let c = cache();
     let t0 = Timestamp::from_secs(0);
     let (k, m) = key(16);
-    let ins = c
-        .insert(&k, &denial(true, 3600, 60), &policy(), t0)
-        .unwrap();
+    let ins = c.insert(&k, &denial(true, 3600, 60), &policy(), t0).unwrap();
     assert_eq!(ins.lifetime.secs(), 60);
     let t = t0.add_secs(45);
     let (ttl, _, fields) = served(&c, 16, t).unwrap();
     assert_eq!(ttl, 15);
     assert_eq!(fields, vec![15], "the SOA's TTL counts down too");
-    assert!(
-        c.lookup(&k, m, t0.add_secs(60), |v| matches!(
-            v.freshness,
-            Freshness::Stale { .. }
-        ))
-        .unwrap()
-    );
+    assert!(c.lookup(&k, m, t0.add_secs(60), |v| matches!(v.freshness, Freshness::Stale { .. })).unwrap());
 }
 
 #[test]
@@ -243,17 +167,11 @@ fn stale_window_then_gone() {
     let c = cache();
     let t0 = Timestamp::from_secs(0);
     let (k, _) = key(TYPE_A);
-    c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0)
-        .unwrap();
+    c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0).unwrap();
     let (ttl, fresh, fields) = served(&c, TYPE_A, t0.add_secs(100)).unwrap();
     assert_eq!(ttl, STALE_TTL);
     assert_eq!(fields, vec![STALE_TTL, STALE_TTL]);
-    assert_eq!(
-        fresh,
-        Freshness::Stale {
-            expired_for_secs: 90
-        }
-    );
+    assert_eq!(fresh, Freshness::Stale { expired_for_secs: 90 });
     assert!(served(&c, TYPE_A, t0.add_secs(10 + 3600)).is_none());
 }
 
@@ -293,11 +211,7 @@ fn a_single_entry_has_no_aaaa_member() {
 
 #[test]
 fn eviction_keeps_bytes_under_the_bound() {
-    let limits = CacheLimits {
-        max_bytes: 64 * 1024,
-        max_stale: Ttl::from_secs(3600),
-        shards: 2,
-    };
+    let limits = CacheLimits { max_bytes: 64 * 1024, max_stale: Ttl::from_secs(3600), shards: 2 };
     let c = Cache::new(limits);
     let t0 = Timestamp::from_secs(0);
     let mut names = Vec::new();
@@ -309,53 +223,22 @@ fn eviction_keeps_bytes_under_the_bound() {
         names.push(wire);
     }
     for wire in &names {
-        let (k, _) = CacheKey::for_query(
-            LowerName::new(wire).unwrap(),
-            TYPE_A,
-            CLASS_IN,
-            false,
-            false,
-        );
-        c.insert_pair(&k, &positive(300), &positive(300), &policy(), t0)
-            .unwrap();
-        assert!(
-            c.bytes() as usize <= limits.max_bytes,
-            "{} > {}",
-            c.bytes(),
-            limits.max_bytes
-        );
+        let (k, _) = CacheKey::for_query(LowerName::new(wire).unwrap(), TYPE_A, CLASS_IN, false, false);
+        c.insert_pair(&k, &positive(300), &positive(300), &policy(), t0).unwrap();
+        assert!(c.bytes() as usize <= limits.max_bytes, "{} > {}", c.bytes(), limits.max_bytes);
     }
-    assert!(
-        c.counters
-            .evictions
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
-    assert!(
-        c.entries() > 50,
-        "the bound is used, not wasted: {} entries",
-        c.entries()
-    );
+    assert!(c.counters.evictions.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(c.entries() > 50, "the bound is used, not wasted: {} entries", c.entries());
     assert!(c.entries() < 5000);
     // The newest entry survives.
     let last = names.last().unwrap();
-    let (k, m) = CacheKey::for_query(
-        LowerName::new(last).unwrap(),
-        TYPE_A,
-        CLASS_IN,
-        false,
-        false,
-    );
+    let (k, m) = CacheKey::for_query(LowerName::new(last).unwrap(), TYPE_A, CLASS_IN, false, false);
     assert!(c.lookup(&k, m, t0, |_| ()).is_some());
 }
 
 #[test]
 fn eviction_prefers_unreferenced_entries() {
-    let c = Cache::new(CacheLimits {
-        max_bytes: 16 * 1024,
-        max_stale: Ttl::from_secs(3600),
-        shards: 1,
-    });
+    let c = Cache::new(CacheLimits { max_bytes: 16 * 1024, max_stale: Ttl::from_secs(3600), shards: 1 });
     let t0 = Timestamp::from_secs(0);
     let mk = |i: u32| {
         let label = format!("h{i}");
@@ -365,54 +248,35 @@ fn eviction_prefers_unreferenced_entries() {
         wire
     };
     let hot = mk(0);
-    let (hk, hm) = CacheKey::for_query(
-        LowerName::new(&hot).unwrap(),
-        TYPE_A,
-        CLASS_IN,
-        false,
-        false,
-    );
-    c.insert_pair(&hk, &positive(300), &positive(300), &policy(), t0)
-        .unwrap();
+    let (hk, hm) = CacheKey::for_query(LowerName::new(&hot).unwrap(), TYPE_A, CLASS_IN, false, false);
+    c.insert_pair(&hk, &positive(300), &positive(300), &policy(), t0).unwrap();
     for i in 1..2000 {
         let w = mk(i);
-        let (k, _) =
-            CacheKey::for_query(LowerName::new(&w).unwrap(), TYPE_A, CLASS_IN, false, false);
-        c.insert_pair(&k, &positive(300), &positive(300), &policy(), t0)
-            .unwrap();
+        let (k, _) = CacheKey::for_query(LowerName::new(&w).unwrap(), TYPE_A, CLASS_IN, false, false);
+        c.insert_pair(&k, &positive(300), &positive(300), &policy(), t0).unwrap();
         // The hot entry is asked for between inserts, so CLOCK gives it second chances.
-        assert!(
-            c.lookup(&hk, hm, t0, |_| ()).is_some(),
-            "hot entry evicted after {i} inserts"
-        );
+        assert!(c.lookup(&hk, hm, t0, |_| ()).is_some(), "hot entry evicted after {i} inserts");
     }
 }
 
 #[test]
 fn dead_entries_are_evicted_before_live_ones() {
-    let c = Cache::new(CacheLimits {
-        max_bytes: 8 * 1024,
-        max_stale: Ttl::from_secs(10),
-        shards: 1,
-    });
+    let c = Cache::new(CacheLimits { max_bytes: 8 * 1024, max_stale: Ttl::from_secs(10), shards: 1 });
     let t0 = Timestamp::from_secs(0);
     let w = b"\x04live\x00".to_vec();
     let (lk, lm) = CacheKey::for_query(LowerName::new(&w).unwrap(), TYPE_A, CLASS_IN, false, false);
-    c.insert_pair(&lk, &positive(3600), &positive(3600), &policy(), t0)
-        .unwrap();
+    c.insert_pair(&lk, &positive(3600), &positive(3600), &policy(), t0).unwrap();
     c.lookup(&lk, lm, t0, |_| ()).unwrap();
     // Fill with short-lived entries, then insert more after they are dead.
     for i in 0..60u32 {
         let w = format!("\x03d{:02}\x00", i).into_bytes();
-        let (k, _) =
-            CacheKey::for_query(LowerName::new(&w).unwrap(), TYPE_A, CLASS_IN, false, false);
+        let (k, _) = CacheKey::for_query(LowerName::new(&w).unwrap(), TYPE_A, CLASS_IN, false, false);
         let _ = c.insert_pair(&k, &positive(5), &positive(5), &policy(), t0);
     }
     let later = t0.add_secs(100);
     for i in 0..60u32 {
         let w = format!("\x03e{:02}\x00", i).into_bytes();
-        let (k, _) =
-            CacheKey::for_query(LowerName::new(&w).unwrap(), TYPE_A, CLASS_IN, false, false);
+        let (k, _) = CacheKey::for_query(LowerName::new(&w).unwrap(), TYPE_A, CLASS_IN, false, false);
         let _ = c.insert_pair(&k, &positive(3600), &positive(3600), &policy(), later);
         c.lookup(&lk, lm, later, |_| ()).unwrap();
     }
@@ -423,41 +287,16 @@ fn prefetch_is_claimed_once_for_popular_entries_near_expiry() {
     let c = cache();
     let t0 = Timestamp::from_secs(0);
     let (k, m) = key(TYPE_A);
-    c.insert_pair(&k, &positive(100), &positive(100), &policy(), t0)
-        .unwrap();
+    c.insert_pair(&k, &positive(100), &positive(100), &policy(), t0).unwrap();
     let due = |t: Timestamp| c.lookup(&k, m, t, |v| v.freshness).unwrap();
-    assert_eq!(
-        due(t0.add_secs(10)),
-        Freshness::Fresh { refresh_due: false }
-    );
-    assert_eq!(
-        due(t0.add_secs(50)),
-        Freshness::Fresh { refresh_due: false },
-        "not yet in the last tenth"
-    );
+    assert_eq!(due(t0.add_secs(10)), Freshness::Fresh { refresh_due: false });
+    assert_eq!(due(t0.add_secs(50)), Freshness::Fresh { refresh_due: false }, "not yet in the last tenth");
     assert_eq!(due(t0.add_secs(91)), Freshness::Fresh { refresh_due: true });
-    assert_eq!(
-        due(t0.add_secs(92)),
-        Freshness::Fresh { refresh_due: false },
-        "claimed once"
-    );
+    assert_eq!(due(t0.add_secs(92)), Freshness::Fresh { refresh_due: false }, "claimed once");
     // After a refresh, the new entry can be claimed again.
-    c.insert_pair(
-        &k,
-        &positive(100),
-        &positive(100),
-        &policy(),
-        t0.add_secs(92),
-    )
-    .unwrap();
-    assert_eq!(
-        due(t0.add_secs(93)),
-        Freshness::Fresh { refresh_due: false }
-    );
-    assert_eq!(
-        due(t0.add_secs(185)),
-        Freshness::Fresh { refresh_due: true }
-    );
+    c.insert_pair(&k, &positive(100), &positive(100), &policy(), t0.add_secs(92)).unwrap();
+    assert_eq!(due(t0.add_secs(93)), Freshness::Fresh { refresh_due: false });
+    assert_eq!(due(t0.add_secs(185)), Freshness::Fresh { refresh_due: true });
 }
 
 #[test]
@@ -465,12 +304,8 @@ fn an_entry_asked_for_once_is_not_prefetched() {
     let c = cache();
     let t0 = Timestamp::from_secs(0);
     let (k, m) = key(TYPE_A);
-    c.insert_pair(&k, &positive(100), &positive(100), &policy(), t0)
-        .unwrap();
-    assert_eq!(
-        c.lookup(&k, m, t0.add_secs(95), |v| v.freshness).unwrap(),
-        Freshness::Fresh { refresh_due: false }
-    );
+    c.insert_pair(&k, &positive(100), &positive(100), &policy(), t0).unwrap();
+    assert_eq!(c.lookup(&k, m, t0.add_secs(95), |v| v.freshness).unwrap(), Freshness::Fresh { refresh_due: false });
 }
 
 #[test]
@@ -479,10 +314,7 @@ fn inconsistent_answers_are_rejected() {
     let (k, _) = key(16);
     let mut bad = positive(10);
     bad.ttl_offsets.push(bad.message.len() as u16 - 2);
-    assert_eq!(
-        c.insert(&k, &bad, &policy(), Timestamp::from_secs(0)),
-        Err(InsertError::Inconsistent)
-    );
+    assert_eq!(c.insert(&k, &bad, &policy(), Timestamp::from_secs(0)), Err(InsertError::Inconsistent));
     assert_eq!(c.entries(), 0);
 }
 
@@ -492,8 +324,7 @@ fn remove_and_reinsert_reuse_slots() {
     let t0 = Timestamp::from_secs(0);
     let (k, m) = key(TYPE_A);
     for _ in 0..100 {
-        c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0)
-            .unwrap();
+        c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0).unwrap();
         assert!(c.remove(&k));
         assert!(c.lookup(&k, m, t0, |_| ()).is_none());
     }
@@ -507,8 +338,7 @@ fn byte_count_returns_to_baseline_after_removal() {
     let empty = c.bytes();
     let t0 = Timestamp::from_secs(0);
     let (k, _) = key(TYPE_A);
-    c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0)
-        .unwrap();
+    c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0).unwrap();
     assert!(c.bytes() > empty);
     c.remove(&k);
     // The slab keeps its capacity, but the entry's own bytes are returned.

@@ -75,10 +75,6 @@ pub struct TtlPolicy {
 
 impl Default for TtlPolicy {
     fn default() -> Self {
-        Self {
-            min_ttl: Ttl(5),
-            max_ttl: Ttl(3600),
-            denial_max_ttl: Ttl(1800),
-        }
+        Self { min_ttl: Ttl(5), max_ttl: Ttl(3600), denial_max_ttl: Ttl(1800) }
     }
 }

@@ -23,11 +23,7 @@ pub(crate) fn run(
     let fail = |detail: String| NodeError::Firewall { backend, detail };
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -35,21 +31,16 @@ pub(crate) fn run(
     if let Some(input) = stdin {
         // Take the pipe so it is closed (EOF) once written.
         let mut pipe = child.stdin.take().expect("stdin was piped");
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| fail(format!("writing to {program}: {e}")))?;
+        pipe.write_all(input.as_bytes()).map_err(|e| fail(format!("writing to {program}: {e}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("waiting for {program}: {e}")))?;
+    let out = child.wait_with_output().map_err(|e| fail(format!("waiting for {program}: {e}")))?;
     if !out.status.success() {
         return Err(fail(format!(
             "{program} {} exited with {}: {}{}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim(),
-            stdin
-                .map(|s| format!("\ninput was:\n{s}"))
-                .unwrap_or_default(),
+            stdin.map(|s| format!("\ninput was:\n{s}")).unwrap_or_default(),
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -30,10 +30,7 @@ pub enum NodeError {
     /// The kernel refused the link kind (e.g. `dummy` is not built in); the operator must
     /// choose another `interface_kind`.
     #[error("interface {interface}: the kernel does not support link kind {kind}")]
-    UnsupportedKind {
-        interface: String,
-        kind: &'static str,
-    },
+    UnsupportedKind { interface: String, kind: &'static str },
 
     /// Adding or listing an address on our interface failed.
     #[error("address {address} on {interface}: {operation} failed: {source}")]
@@ -48,10 +45,7 @@ pub enum NodeError {
     /// A firewall tool could not be run or rejected our rules. Retrying at the next resync
     /// may help (xtables lock, a concurrent writer); a missing tool will not.
     #[error("{backend} firewall: {detail}")]
-    Firewall {
-        backend: FirewallBackend,
-        detail: String,
-    },
+    Firewall { backend: FirewallBackend, detail: String },
 
     /// `FirewallMode::Auto` found neither a working `nft` nor a working `iptables`.
     #[error("no usable firewall tool found (tried nft and iptables): {0}")]
@@ -66,14 +60,8 @@ impl NodeError {
             NodeError::NetlinkSocket(_) | NodeError::Interface { .. } => "interface",
             NodeError::UnsupportedKind { .. } => "interface_kind",
             NodeError::Address { .. } => "address",
-            NodeError::Firewall {
-                backend: FirewallBackend::Iptables,
-                ..
-            } => "iptables",
-            NodeError::Firewall {
-                backend: FirewallBackend::Nftables,
-                ..
-            } => "nftables",
+            NodeError::Firewall { backend: FirewallBackend::Iptables, .. } => "iptables",
+            NodeError::Firewall { backend: FirewallBackend::Nftables, .. } => "nftables",
             NodeError::NoFirewallTool(_) => "firewall_tool",
         }
     }

@@ -64,10 +64,7 @@ impl Table {
     /// separate namespaces for chain names.
     fn chains(self) -> [(&'static str, &'static str); 2] {
         match self {
-            Table::Raw => [
-                ("PREROUTING", "NODEDNS-PREROUTING"),
-                ("OUTPUT", "NODEDNS-OUTPUT"),
-            ],
+            Table::Raw => [("PREROUTING", "NODEDNS-PREROUTING"), ("OUTPUT", "NODEDNS-OUTPUT")],
             Table::Filter => [("INPUT", "NODEDNS-INPUT"), ("OUTPUT", "NODEDNS-OUTPUT")],
         }
     }
@@ -100,13 +97,11 @@ pub(crate) fn chain_rules(targets: &BypassTargets, family: Family, table: Table)
                     // (kubernetes/dns#438). NB: `--nowildcard` would do the opposite (count
                     // wildcard sockets too). xt_socket is only allowed in PREROUTING and
                     // INPUT (the kernel rejects it in OUTPUT with EINVAL).
-                    out.push(format!(
-                        "-A {first} -d {addr}/{plen} -p {p} -m {p} --dport {port} -m socket -j NOTRACK"
-                    ));
+                    out.push(format!("-A {first} -d {addr}/{plen} -p {p} -m {p} --dport {port} -m socket -j NOTRACK"));
                 }
-                Table::Filter => out.push(format!(
-                    "-A {first} -d {addr}/{plen} -p {p} -m {p} --dport {port} -j ACCEPT"
-                )),
+                Table::Filter => {
+                    out.push(format!("-A {first} -d {addr}/{plen} -p {p} -m {p} --dport {port} -j ACCEPT"))
+                }
             }
         }
     }
@@ -192,11 +187,7 @@ impl OurRules {
         // Compare per chain in order: chain rules are emitted chain by chain.
         let mut expected = Vec::new();
         for (_, our) in table.chains() {
-            expected.extend(
-                rules
-                    .iter()
-                    .filter(|r| r.starts_with(&format!("-A {our} "))),
-            );
+            expected.extend(rules.iter().filter(|r| r.starts_with(&format!("-A {our} "))));
         }
         let mut got = Vec::new();
         for (_, our) in table.chains() {
@@ -248,31 +239,17 @@ pub(crate) fn render_remove(table: Table, current: &OurRules) -> Option<String> 
 }
 
 fn save(family: Family, table: Table) -> Result<String, NodeError> {
-    run(
-        FirewallBackend::Iptables,
-        family.save(),
-        &["-t", table.name()],
-        None,
-    )
+    run(FirewallBackend::Iptables, family.save(), &["-t", table.name()], None)
 }
 
 fn restore(family: Family, input: &str) -> Result<(), NodeError> {
     // -w: wait for the xtables lock (legacy backend) instead of failing when kube-proxy
     // holds it; bounded so a stuck holder cannot hang resync.
-    run(
-        FirewallBackend::Iptables,
-        family.restore(),
-        &["-w", "5", "--noflush"],
-        Some(input),
-    )
-    .map(drop)
+    run(FirewallBackend::Iptables, family.restore(), &["-w", "5", "--noflush"], Some(input)).map(drop)
 }
 
 fn families(targets: &BypassTargets) -> [(Family, bool); 2] {
-    [
-        (Family::V4, !targets.v4.is_empty()),
-        (Family::V6, !targets.v6.is_empty()),
-    ]
+    [(Family::V4, !targets.v4.is_empty()), (Family::V6, !targets.v6.is_empty())]
 }
 
 /// Installs what is missing or different. Returns whether anything had to be written.
@@ -330,11 +307,7 @@ mod tests {
     use crate::spec::Transport;
 
     fn targets(addrs: &[&str]) -> BypassTargets {
-        let mut t = BypassTargets {
-            v4: vec![],
-            v6: vec![],
-            ports: vec![(Transport::Udp, 53), (Transport::Tcp, 53)],
-        };
+        let mut t = BypassTargets { v4: vec![], v6: vec![], ports: vec![(Transport::Udp, 53), (Transport::Tcp, 53)] };
         for a in addrs {
             match a.parse::<IpAddr>().unwrap() {
                 IpAddr::V4(a) => t.v4.push(a),

@@ -120,25 +120,17 @@ impl NodeSetup {
 
     fn addresses(&self) -> Vec<IpAddr> {
         let t = &self.spec.targets;
-        t.v4.iter()
-            .copied()
-            .map(IpAddr::V4)
-            .chain(t.v6.iter().copied().map(IpAddr::V6))
-            .collect()
+        t.v4.iter().copied().map(IpAddr::V4).chain(t.v6.iter().copied().map(IpAddr::V6)).collect()
     }
 
     fn local_interface(&self) -> LocalInterface<'_> {
-        LocalInterface {
-            name: &self.spec.interface,
-            kind: self.spec.interface_kind,
-        }
+        LocalInterface { name: &self.spec.interface, kind: self.spec.interface_kind }
     }
 
     /// Opens a route-netlink connection. The socket is created on the calling thread, so it
     /// lives in that thread's network namespace wherever the connection task later runs.
     fn netlink() -> Result<rtnetlink::Handle, NodeError> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(NodeError::NetlinkSocket)?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NodeError::NetlinkSocket)?;
         tokio::spawn(connection);
         Ok(handle)
     }
@@ -150,25 +142,15 @@ impl NodeSetup {
         let handle = Self::netlink()?;
         let iface = self.local_interface();
         let (index, interface_created) = iface.ensure_up(&handle).await?;
-        let addresses_added = iface
-            .ensure_addresses(&handle, index, &self.addresses())
-            .await?;
+        let addresses_added = iface.ensure_addresses(&handle, index, &self.addresses()).await?;
         let rules_restored = match self.firewall {
             None => false,
             Some(FirewallBackend::Nftables) => nft::apply(&self.spec.targets)?,
             Some(FirewallBackend::Iptables) => iptables::apply(&self.spec.targets)?,
         };
-        let repairs = Repairs {
-            interface_created,
-            addresses_added,
-            rules_restored,
-        };
+        let repairs = Repairs { interface_created, addresses_added, rules_restored };
         if repairs.any() {
-            tracing::info!(
-                ?repairs,
-                interface = self.spec.interface.as_str(),
-                "node setup repaired"
-            );
+            tracing::info!(?repairs, interface = self.spec.interface.as_str(), "node setup repaired");
         }
         Ok(repairs)
     }

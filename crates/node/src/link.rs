@@ -37,13 +37,7 @@ impl LocalInterface<'_> {
 
     /// The interface index, or `None` if no link has this name.
     pub async fn index(&self, handle: &Handle) -> Result<Option<u32>, NodeError> {
-        let found = handle
-            .link()
-            .get()
-            .match_name(self.name.as_str())
-            .execute()
-            .try_next()
-            .await;
+        let found = handle.link().get().match_name(self.name.as_str()).execute().try_next().await;
         match found {
             Ok(Some(link)) => Ok(Some(link.header.index)),
             Ok(None) => Ok(None),
@@ -72,16 +66,13 @@ impl LocalInterface<'_> {
                     // The kernel answers EOPNOTSUPP for a link kind it does not know
                     // (e.g. CONFIG_DUMMY unset and no module).
                     Err(e) if errno(&e) == Some(EOPNOTSUPP) => {
-                        return Err(NodeError::UnsupportedKind {
-                            interface: name.to_owned(),
-                            kind: self.kind.name(),
-                        });
+                        return Err(NodeError::UnsupportedKind { interface: name.to_owned(), kind: self.kind.name() });
                     }
                     Err(e) => return Err(self.err("create")(e)),
                 }
-                self.index(handle).await?.ok_or_else(|| {
-                    self.err("look up after create")(rtnetlink::Error::RequestFailed)
-                })?
+                self.index(handle)
+                    .await?
+                    .ok_or_else(|| self.err("look up after create")(rtnetlink::Error::RequestFailed))?
             }
         };
         // Up, although a port-less bridge/dummy never gets carrier: addresses on a down link
@@ -105,24 +96,11 @@ impl LocalInterface<'_> {
     ) -> Result<usize, NodeError> {
         let addr_err = |address: IpAddr, operation: &'static str| {
             let interface = self.name.as_str().to_owned();
-            move |source| NodeError::Address {
-                interface,
-                address,
-                operation,
-                source: Box::new(source),
-            }
+            move |source| NodeError::Address { interface, address, operation, source: Box::new(source) }
         };
         let mut present: Vec<(IpAddr, u8)> = Vec::new();
-        let mut stream = handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(addr_err(addresses[0], "list"))?
-        {
+        let mut stream = handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = stream.try_next().await.map_err(addr_err(addresses[0], "list"))? {
             // The kernel filter may be ignored without strict checking; filter here too.
             if msg.header.index != index {
                 continue;
@@ -146,8 +124,7 @@ impl LocalInterface<'_> {
                 // queries go unanswered right after (re)start.
                 let m = req.message_mut();
                 m.header.flags = AddressHeaderFlags::Nodad;
-                m.attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
             }
             match req.execute().await {
                 Ok(()) => added += 1,

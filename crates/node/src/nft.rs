@@ -69,26 +69,18 @@ impl<'a> NotrackTable<'a> {
         // Our replies. Not to local destinations: host-network clients' requests are tracked
         // (see `NodeSetup` docs: no request NOTRACK in OUTPUT), and an untracked reply to a
         // tracked TCP request would leave conntrack with a half-open entry.
-        out.push_str(
-            "\tchain raw_output {\n\t\ttype filter hook output priority raw; policy accept;\n",
-        );
+        out.push_str("\tchain raw_output {\n\t\ttype filter hook output priority raw; policy accept;\n");
         out += &each(&|fam, addr, proto, port| {
             format!("{fam} saddr {addr} {proto} sport {port} fib daddr type != local notrack")
         });
         out.push_str("\t}\n");
         // node-cache parity. Note: an nftables `accept` only ends *this* base chain; a drop in
         // another table's chain on the same hook still drops.
-        out.push_str(
-            "\tchain filter_input {\n\t\ttype filter hook input priority filter; policy accept;\n",
-        );
-        out += &each(&|fam, addr, proto, port| {
-            format!("{fam} daddr {addr} {proto} dport {port} accept")
-        });
+        out.push_str("\tchain filter_input {\n\t\ttype filter hook input priority filter; policy accept;\n");
+        out += &each(&|fam, addr, proto, port| format!("{fam} daddr {addr} {proto} dport {port} accept"));
         out.push_str("\t}\n");
         out.push_str("\tchain filter_output {\n\t\ttype filter hook output priority filter; policy accept;\n");
-        out += &each(&|fam, addr, proto, port| {
-            format!("{fam} saddr {addr} {proto} sport {port} accept")
-        });
+        out += &each(&|fam, addr, proto, port| format!("{fam} saddr {addr} {proto} sport {port} accept"));
         out.push_str("\t}\n}\n");
         out
     }
@@ -102,24 +94,14 @@ fn list() -> Result<Option<String>, NodeError> {
     if !tables.lines().any(|l| l.trim() == format!("table {TABLE}")) {
         return Ok(None);
     }
-    let listing = run(
-        FirewallBackend::Nftables,
-        "nft",
-        &["list", "table", "inet", "nodedns"],
-        None,
-    )?;
+    let listing = run(FirewallBackend::Nftables, "nft", &["list", "table", "inet", "nodedns"], None)?;
     Ok(Some(listing))
 }
 
 /// Installs (replaces) the table. Returns whether it was missing or differed before.
 pub(crate) fn apply(targets: &BypassTargets) -> Result<bool, NodeError> {
     let before = list()?;
-    run(
-        FirewallBackend::Nftables,
-        "nft",
-        &["-f", "-"],
-        Some(&NotrackTable::new(targets).render()),
-    )?;
+    run(FirewallBackend::Nftables, "nft", &["-f", "-"], Some(&NotrackTable::new(targets).render()))?;
     let after = list()?;
     Ok(before != after)
 }
@@ -194,10 +176,7 @@ table inet nodedns {
     #[test]
     fn v6_with_admin_port() {
         let got = NotrackTable::new(&targets(&["fd00::10"], Some(8080))).render();
-        let pre: Vec<&str> = got
-            .lines()
-            .filter(|l| l.contains("dport") && l.contains("notrack"))
-            .collect();
+        let pre: Vec<&str> = got.lines().filter(|l| l.contains("dport") && l.contains("notrack")).collect();
         assert_eq!(
             pre,
             [
@@ -212,10 +191,7 @@ table inet nodedns {
     #[test]
     fn dual_stack_orders_v4_then_v6() {
         let got = NotrackTable::new(&targets(&["fd00::10", "169.254.20.10"], None)).render();
-        let input: Vec<&str> = got
-            .lines()
-            .filter(|l| l.ends_with("dport 53 accept"))
-            .collect();
+        let input: Vec<&str> = got.lines().filter(|l| l.ends_with("dport 53 accept")).collect();
         assert_eq!(
             input,
             [

@@ -79,10 +79,7 @@ impl InterfaceName {
         if name.is_empty() || name.len() > 15 {
             return Err(format!("interface {name:?}: must be 1 to 15 characters"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
             return Err(format!("interface {name:?}: only [a-zA-Z0-9_.-] allowed"));
         }
         if name == "." || name == ".." {
@@ -135,9 +132,7 @@ impl NodeSetupSpec {
     /// Validates, reporting every problem at once.
     pub(crate) fn validate(&self) -> Result<ValidSpec, NodeError> {
         let mut problems = Vec::new();
-        let interface = InterfaceName::parse(&self.interface)
-            .map_err(|p| problems.push(p))
-            .ok();
+        let interface = InterfaceName::parse(&self.interface).map_err(|p| problems.push(p)).ok();
         if self.addresses.is_empty() {
             problems.push("addresses: at least one address is required".to_owned());
         }
@@ -145,9 +140,7 @@ impl NodeSetupSpec {
         for addr in &self.addresses {
             let bad = addr.is_unspecified() || addr.is_multicast() || addr.is_loopback();
             if bad {
-                problems.push(format!(
-                    "addresses: {addr} is not a unicast service address"
-                ));
+                problems.push(format!("addresses: {addr} is not a unicast service address"));
                 continue;
             }
             // Duplicates would make the "exactly one copy of each rule" check ambiguous.
@@ -160,15 +153,10 @@ impl NodeSetupSpec {
         if self.dns_port == 0 {
             problems.push("dns_port: must not be 0".to_owned());
         }
-        let mut ports = vec![
-            (Transport::Udp, self.dns_port),
-            (Transport::Tcp, self.dns_port),
-        ];
+        let mut ports = vec![(Transport::Udp, self.dns_port), (Transport::Tcp, self.dns_port)];
         match self.admin_port {
             Some(0) => problems.push("admin_port: must not be 0".to_owned()),
-            Some(p) if p == self.dns_port => {
-                problems.push(format!("admin_port: {p} is the same as dns_port"))
-            }
+            Some(p) if p == self.dns_port => problems.push(format!("admin_port: {p} is the same as dns_port")),
             Some(p) => ports.push((Transport::Tcp, p)),
             None => {}
         }
@@ -213,19 +201,10 @@ mod tests {
 
     #[test]
     fn valid_dual_stack() {
-        let v = spec(&["169.254.20.10", "10.96.0.10", "fd00::10"])
-            .validate()
-            .unwrap();
+        let v = spec(&["169.254.20.10", "10.96.0.10", "fd00::10"]).validate().unwrap();
         assert_eq!(v.targets.v4.len(), 2);
         assert_eq!(v.targets.v6.len(), 1);
-        assert_eq!(
-            v.targets.ports,
-            vec![
-                (Transport::Udp, 53),
-                (Transport::Tcp, 53),
-                (Transport::Tcp, 8080)
-            ]
-        );
+        assert_eq!(v.targets.ports, vec![(Transport::Udp, 53), (Transport::Tcp, 53), (Transport::Tcp, 8080)]);
     }
 
     #[test]
@@ -233,16 +212,8 @@ mod tests {
         let mut s = spec(&["0.0.0.0", "10.0.0.1", "10.0.0.1", "ff02::1"]);
         s.interface = "way-too-long-interface".into();
         s.admin_port = Some(53);
-        let NodeError::InvalidSpec(msg) = s.validate().unwrap_err() else {
-            panic!()
-        };
-        for needle in [
-            "interface",
-            "0.0.0.0",
-            "listed twice",
-            "ff02::1",
-            "admin_port",
-        ] {
+        let NodeError::InvalidSpec(msg) = s.validate().unwrap_err() else { panic!() };
+        for needle in ["interface", "0.0.0.0", "listed twice", "ff02::1", "admin_port"] {
             assert!(msg.contains(needle), "{needle} missing from {msg}");
         }
     }

@@ -10,9 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::sched::{CloneFlags, setns};
-use nodedns_node::{
-    FirewallBackend, FirewallMode, InterfaceKind, NodeError, NodeSetup, NodeSetupSpec, Repairs,
-};
+use nodedns_node::{FirewallBackend, FirewallMode, InterfaceKind, NodeError, NodeSetup, NodeSetupSpec, Repairs};
 
 /// A network namespace that is deleted when dropped, even if the test panicked.
 struct Netns(String);
@@ -21,18 +19,11 @@ impl Netns {
     /// `None` (test skipped) when namespaces cannot be created: not root, no `ip`.
     fn create() -> Option<Netns> {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "nd-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("nd-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         match Command::new("ip").args(["netns", "add", &name]).output() {
             Ok(o) if o.status.success() => Some(Netns(name)),
             Ok(o) => {
-                eprintln!(
-                    "SKIP: `ip netns add` failed (need root): {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
+                eprintln!("SKIP: `ip netns add` failed (need root): {}", String::from_utf8_lossy(&o.stderr));
                 None
             }
             Err(e) => {
@@ -52,10 +43,7 @@ impl Netns {
         let result = std::thread::spawn(move || {
             let ns = File::open(&path).expect("open netns");
             setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(body());
         })
         .join();
@@ -74,11 +62,7 @@ impl Drop for Netns {
 /// Runs a shell command in the calling thread's namespace; panics on failure.
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -95,17 +79,11 @@ fn spec(firewall: FirewallMode, addrs: &[&str]) -> NodeSetupSpec {
 
 fn addresses_on_iface() -> Vec<String> {
     let out = sh("ip -o addr show dev nodelocaldns");
-    out.lines()
-        .map(|l| l.split_whitespace().nth(3).unwrap().to_owned())
-        .filter(|a| !a.starts_with("fe80"))
-        .collect()
+    out.lines().map(|l| l.split_whitespace().nth(3).unwrap().to_owned()).filter(|a| !a.starts_with("fe80")).collect()
 }
 
 fn nft_rule_count() -> usize {
-    match Command::new("nft")
-        .args(["list", "table", "inet", "nodedns"])
-        .output()
-    {
+    match Command::new("nft").args(["list", "table", "inet", "nodedns"]).output() {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter(|l| l.contains(" notrack") || l.ends_with(" accept"))
@@ -119,16 +97,8 @@ fn ipt_save(cmd: &str) -> String {
     sh(&format!("{cmd} -t raw; {cmd} -t filter"))
 }
 
-const ALL: Repairs = Repairs {
-    interface_created: true,
-    addresses_added: 0,
-    rules_restored: true,
-};
-const NOTHING: Repairs = Repairs {
-    interface_created: false,
-    addresses_added: 0,
-    rules_restored: false,
-};
+const ALL: Repairs = Repairs { interface_created: true, addresses_added: 0, rules_restored: true };
+const NOTHING: Repairs = Repairs { interface_created: false, addresses_added: 0, rules_restored: false };
 
 #[test]
 fn nftables_dual_stack_apply_repair_teardown() {
@@ -189,13 +159,7 @@ fn iptables_case(addrs: &'static [&'static str]) {
         sh("ip6tables -t filter -A INPUT -d fd00::1/128 -j ACCEPT");
         let setup = NodeSetup::new(spec(FirewallMode::Iptables, addrs)).unwrap();
         assert_eq!(setup.firewall_backend(), Some(FirewallBackend::Iptables));
-        assert_eq!(
-            setup.apply().await.unwrap(),
-            Repairs {
-                addresses_added: addrs.len(),
-                ..ALL
-            }
-        );
+        assert_eq!(setup.apply().await.unwrap(), Repairs { addresses_added: addrs.len(), ..ALL });
 
         let check = |save: &str, present: bool, n_addrs: usize| {
             for jump in ["-j NODEDNS-PREROUTING", "-j NODEDNS-INPUT"] {
@@ -209,23 +173,11 @@ fn iptables_case(addrs: &'static [&'static str]) {
                 assert_eq!(n, present as usize, "{jump} in\n{save}");
             }
             // 3 ports x 2 chains x 2 tables per address.
-            assert_eq!(
-                save.lines()
-                    .filter(|l| l.starts_with("-A NODEDNS-"))
-                    .count(),
-                n_addrs * 12,
-                "{save}"
-            );
+            assert_eq!(save.lines().filter(|l| l.starts_with("-A NODEDNS-")).count(), n_addrs * 12, "{save}");
             // Our jump comes first.
             if present {
-                let first_pre = save
-                    .lines()
-                    .find(|l| l.starts_with("-A PREROUTING"))
-                    .unwrap();
-                assert!(
-                    first_pre.ends_with("-m comment --comment nodedns -j NODEDNS-PREROUTING"),
-                    "{save}"
-                );
+                let first_pre = save.lines().find(|l| l.starts_with("-A PREROUTING")).unwrap();
+                assert!(first_pre.ends_with("-m comment --comment nodedns -j NODEDNS-PREROUTING"), "{save}");
             }
         };
         let n4 = addrs.iter().filter(|a| !a.contains(':')).count();
@@ -237,20 +189,12 @@ fn iptables_case(addrs: &'static [&'static str]) {
         check(&ipt_save("ip6tables-save"), has_v6, n6);
 
         // External flush of our chain / deletion of our jump is repaired and reported.
-        let (cmd, save) = if has_v4 {
-            ("iptables", "iptables-save")
-        } else {
-            ("ip6tables", "ip6tables-save")
-        };
+        let (cmd, save) = if has_v4 { ("iptables", "iptables-save") } else { ("ip6tables", "ip6tables-save") };
         sh(&format!("{cmd} -t raw -F NODEDNS-PREROUTING"));
         assert!(setup.apply().await.unwrap().rules_restored);
-        sh(&format!(
-            "{cmd} -t filter -D INPUT -m comment --comment nodedns -j NODEDNS-INPUT"
-        ));
+        sh(&format!("{cmd} -t filter -D INPUT -m comment --comment nodedns -j NODEDNS-INPUT"));
         // A duplicate jump (what `iptables -C` flakiness produced) is collapsed to one.
-        sh(&format!(
-            "{cmd} -t raw -A PREROUTING -m comment --comment nodedns -j NODEDNS-PREROUTING"
-        ));
+        sh(&format!("{cmd} -t raw -A PREROUTING -m comment --comment nodedns -j NODEDNS-PREROUTING"));
         assert!(setup.apply().await.unwrap().rules_restored);
         assert_eq!(setup.apply().await.unwrap(), NOTHING);
         check(&ipt_save(save), true, if has_v4 { n4 } else { n6 });
@@ -260,9 +204,7 @@ fn iptables_case(addrs: &'static [&'static str]) {
             let text = ipt_save(save);
             assert!(!text.contains("NODEDNS"), "{text}");
         }
-        assert!(
-            sh("iptables-save -t raw").contains("-A PREROUTING -d 10.0.0.1/32 -j CT --notrack")
-        );
+        assert!(sh("iptables-save -t raw").contains("-A PREROUTING -d 10.0.0.1/32 -j CT --notrack"));
         assert!(sh("ip6tables-save -t filter").contains("-A INPUT -d fd00::1/128 -j ACCEPT"));
         assert!(!sh("ip -o link").contains("nodelocaldns"));
     });
@@ -287,11 +229,7 @@ fn iptables_dual_stack() {
 fn auto_prefers_nftables_when_kube_proxy_does() {
     let Some(ns) = Netns::create() else { return };
     ns.run(|| async {
-        let auto = || {
-            NodeSetup::new(spec(FirewallMode::Auto, &["10.96.0.10"]))
-                .unwrap()
-                .firewall_backend()
-        };
+        let auto = || NodeSetup::new(spec(FirewallMode::Auto, &["10.96.0.10"])).unwrap().firewall_backend();
         assert_eq!(auto(), Some(FirewallBackend::Iptables));
         sh("nft add table ip kube-proxy");
         assert_eq!(auto(), Some(FirewallBackend::Nftables));

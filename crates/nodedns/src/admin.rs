@@ -49,10 +49,7 @@ impl AdminState {
         }
         let age = self.workers.max_heartbeat_age();
         if age > MAX_HEARTBEAT_AGE {
-            return Err(format!(
-                "a UDP worker has not run for {} ms",
-                age.as_millis()
-            ));
+            return Err(format!("a UDP worker has not run for {} ms", age.as_millis()));
         }
         self_query(self.dns_target)
     }
@@ -60,24 +57,17 @@ impl AdminState {
 
 /// `health.nodedns. CH TXT`: answered REFUSED by a worker itself, without upstream or cache.
 fn self_query(target: SocketAddr) -> Result<(), String> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap_or(target)
-    } else {
-        "[::]:0".parse().unwrap_or(target)
-    };
+    let bind: SocketAddr =
+        if target.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(target) } else { "[::]:0".parse().unwrap_or(target) };
     let socket = UdpSocket::bind(bind).map_err(|e| format!("self-query socket: {e}"))?;
-    socket
-        .set_read_timeout(Some(HEALTH_QUERY_TIMEOUT))
-        .map_err(|e| format!("self-query socket: {e}"))?;
+    socket.set_read_timeout(Some(HEALTH_QUERY_TIMEOUT)).map_err(|e| format!("self-query socket: {e}"))?;
     let id: u16 = rand::random();
     let mut q = Vec::with_capacity(40);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
     q.extend_from_slice(b"\x06health\x07nodedns\x00");
     q.extend_from_slice(&[0, 16, 0, 3]);
-    socket
-        .send_to(&q, target)
-        .map_err(|e| format!("self-query send: {e}"))?;
+    socket.send_to(&q, target).map_err(|e| format!("self-query send: {e}"))?;
     let mut buf = [0u8; 512];
     loop {
         match socket.recv_from(&mut buf) {
@@ -112,38 +102,22 @@ async fn handle(
             let s = state.clone();
             match tokio::task::spawn_blocking(move || s.healthy()).await {
                 Ok(Ok(())) => text(StatusCode::OK, "ok\n"),
-                Ok(Err(why)) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("unhealthy: {why}\n"),
-                ),
-                Err(_) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unhealthy: check panicked\n",
-                ),
+                Ok(Err(why)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy: check panicked\n"),
             }
         }
         (&Method::GET, "/ready") => {
             if state.ready() {
                 text(StatusCode::OK, "ready\n")
             } else if !state.serving.load(Relaxed) {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: listeners not serving\n",
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: listeners not serving\n")
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: no upstream has answered yet\n",
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no upstream has answered yet\n")
             }
         }
         (&Method::POST, "/debug/stall") if state.test_hooks => {
-            let ms: u64 = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("ms="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3000);
+            let ms: u64 =
+                req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(3000);
             let until = state.workers.now_ms() + ms;
             state.workers.stall_until_ms.store(until, Relaxed);
             warn!(ms, "test hook: UDP workers stalled");
@@ -155,45 +129,40 @@ async fn handle(
 
 /// Serves admin HTTP on the given listeners, on a dedicated thread, until the process exits.
 pub fn spawn(listeners: Vec<std::net::TcpListener>, state: Arc<AdminState>) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("nodedns-admin".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let mut tasks = Vec::new();
-                for l in listeners {
-                    let addr = l.local_addr().ok();
-                    let listener = match tokio::net::TcpListener::from_std(l) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            warn!(error = %e, "admin listener unusable");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("nodedns-admin".into()).spawn(move || {
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for l in listeners {
+                let addr = l.local_addr().ok();
+                let listener = match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "admin listener unusable");
+                        continue;
+                    }
+                };
+                info!(addr = ?addr, "admin HTTP listening");
+                let state = state.clone();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
-                        }
-                    };
-                    info!(addr = ?addr, "admin HTTP listening");
-                    let state = state.clone();
-                    tasks.push(tokio::spawn(async move {
-                        loop {
-                            let Ok((stream, _)) = listener.accept().await else {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
-                            };
-                            let state = state.clone();
-                            tokio::spawn(async move {
-                                let svc = service_fn(move |req| handle(req, state.clone()));
-                                let conn = http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), svc);
-                                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-                            });
-                        }
-                    }));
-                }
-                for t in tasks {
-                    let _ = t.await;
-                }
-            });
-        })?;
+                        };
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            let svc = service_fn(move |req| handle(req, state.clone()));
+                            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                        });
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    })?;
     Ok(())
 }

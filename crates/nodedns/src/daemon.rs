@@ -38,9 +38,7 @@ fn worker_count(config: &Config) -> usize {
     if config.server.workers > 0 {
         return config.server.workers;
     }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 pub fn run(config: Config, opts: RunOptions) -> Result<(), RunError> {
@@ -63,9 +61,7 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     // Node setup first, so the addresses exist when we bind (FREEBIND covers the other order).
     let node = match &config.node {
         Some(n) => {
-            let setup = Arc::new(nodedns_node::NodeSetup::new(crate::node_setup::spec(
-                n, &config,
-            ))?);
+            let setup = Arc::new(nodedns_node::NodeSetup::new(crate::node_setup::spec(n, &config))?);
             // A failed first apply is retried by resync; serving must not wait for it.
             let _ = crate::node_setup::apply(&setup, &metrics, true).await;
             Some(setup)
@@ -102,12 +98,7 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     let conns = tcp::TcpConnections::new(config.limits.clone());
     for (addr, l) in listeners.tcp {
         let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Bind)?;
-        tokio::spawn(tcp::run_listener(
-            l,
-            engine.clone(),
-            conns.clone(),
-            stop_rx.clone(),
-        ));
+        tokio::spawn(tcp::run_listener(l, engine.clone(), conns.clone(), stop_rx.clone()));
         info!(%addr, "TCP serving");
     }
 
@@ -131,34 +122,16 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     });
     admin::spawn(admin_listeners, admin_state.clone()).map_err(RunError::Runtime)?;
 
-    for zone in engine
-        .zones()
-        .iter()
-        .filter(|z| z.config.discover.is_some())
-    {
-        tokio::spawn(crate::discover::run(
-            engine.clone(),
-            zone.config.name.clone(),
-            stop_rx.clone(),
-        ));
+    for zone in engine.zones().iter().filter(|z| z.config.discover.is_some()) {
+        tokio::spawn(crate::discover::run(engine.clone(), zone.config.name.clone(), stop_rx.clone()));
     }
     tokio::spawn(probe_until_answered(engine.clone(), stop_rx.clone()));
     if let (Some(setup), Some(n)) = (&node, &config.node) {
-        crate::node_setup::spawn_resync(
-            setup.clone(),
-            n.resync_interval,
-            metrics.clone(),
-            stop_rx.clone(),
-        )
-        .map_err(RunError::Runtime)?;
+        crate::node_setup::spawn_resync(setup.clone(), n.resync_interval, metrics.clone(), stop_rx.clone())
+            .map_err(RunError::Runtime)?;
     }
     if let Some(path) = &opts.config_path {
-        tokio::spawn(crate::reload::watch(
-            path.clone(),
-            config.clone(),
-            engine.clone(),
-            stop_rx.clone(),
-        ));
+        tokio::spawn(crate::reload::watch(path.clone(), config.clone(), engine.clone(), stop_rx.clone()));
     }
     info!(
         listen = ?config.listen,
@@ -183,36 +156,27 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if engine.waiting() > 0 {
-        warn!(
-            waiting = engine.waiting(),
-            "drain deadline reached with queries still waiting"
-        );
+        warn!(waiting = engine.waiting(), "drain deadline reached with queries still waiting");
     }
-    if let (Some(setup), Some(n)) = (&node, &config.node) {
-        if n.teardown_on_exit {
-            if crate::node_setup::other_instance_serving(&config.listen) {
-                info!("another nodedns instance serves this node: leaving node setup in place");
-            } else if let Err(e) = setup.teardown().await {
-                metrics.node_setup_error(e.kind());
-                error!(error = %e, "node teardown failed");
-            } else {
-                info!("node setup removed");
-            }
+    if let (Some(setup), Some(n)) = (&node, &config.node)
+        && n.teardown_on_exit
+    {
+        if crate::node_setup::other_instance_serving(&config.listen) {
+            info!("another nodedns instance serves this node: leaving node setup in place");
+        } else if let Err(e) = setup.teardown().await {
+            metrics.node_setup_error(e.kind());
+            error!(error = %e, "node teardown failed");
+        } else {
+            info!("node setup removed");
         }
     }
     admin_state.serving.store(false, Relaxed);
-    info!(
-        drain_ms = drain_started.elapsed().as_millis() as u64,
-        "nodedns stopped"
-    );
+    info!(drain_ms = drain_started.elapsed().as_millis() as u64, "nodedns stopped");
     Ok(())
 }
 
 async fn wait_for_shutdown() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         error!("cannot install signal handlers; running until killed");
         std::future::pending::<()>().await;
         return;
@@ -256,12 +220,20 @@ fn register_scraped(metrics: &Arc<Metrics>, engine: &Arc<Engine>) {
                 evictions: engine.cache.counters.evictions.load(Relaxed),
                 split_pairs: engine.cache.counters.split_pairs.load(Relaxed),
             };
-            let mut endpoints = Vec::new();
+            // One series per endpoint; an endpoint shared by zones is labelled with all of them.
+            let mut seen: Vec<(std::net::SocketAddr, String, Arc<nodedns_upstream::Endpoint>)> = Vec::new();
             for zone in engine.zones().iter() {
                 for e in zone.pool.endpoints().iter() {
-                    endpoints.push(EndpointSample::from_endpoint(&zone.label, &e.endpoint));
+                    match seen.iter_mut().find(|s| s.0 == e.endpoint.addr) {
+                        Some(s) => {
+                            s.1.push(',');
+                            s.1.push_str(&zone.label);
+                        }
+                        None => seen.push((e.endpoint.addr, zone.label.clone(), e.endpoint.clone())),
+                    }
                 }
             }
+            let endpoints = seen.iter().map(|(_, zones, e)| EndpointSample::from_endpoint(zones, e)).collect();
             (cache, endpoints)
         }),
     )));

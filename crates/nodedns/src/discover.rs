@@ -20,10 +20,7 @@ use crate::config::ZoneConfig;
 use crate::engine::{Engine, Zone};
 
 /// The A and AAAA addresses of `service`, asked of the zone's fixed upstreams, on port 53.
-pub async fn resolve_endpoints(
-    zone: &ZoneConfig,
-    service: &Name,
-) -> Result<Vec<SocketAddr>, String> {
+pub async fn resolve_endpoints(zone: &ZoneConfig, service: &Name) -> Result<Vec<SocketAddr>, String> {
     let fixed = UpstreamPool::new(
         zone.upstreams.addrs(),
         PoolConfig {
@@ -33,19 +30,13 @@ pub async fn resolve_endpoints(
             ..PoolConfig::default()
         },
     );
-    let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&service.to_lowercase())
-        .map_err(|e| e.to_string())?;
+    let wire =
+        hickory_proto::serialize::binary::BinEncodable::to_bytes(&service.to_lowercase()).map_err(|e| e.to_string())?;
     let name = LowerName::new(&wire).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut last_err = None;
     for qtype in [nodedns_cache::TYPE_A, nodedns_cache::TYPE_AAAA] {
-        let q = UpstreamQuestion {
-            name,
-            qtype,
-            qclass: 1,
-            dnssec_ok: false,
-            checking_disabled: false,
-        };
+        let q = UpstreamQuestion { name, qtype, qclass: 1, dnssec_ok: false, checking_disabled: false };
         match fixed.resolve(&q, &Name::root()).await {
             Ok(r) => {
                 if let Ok(msg) = Message::from_vec(&r.answer.message) {
@@ -68,10 +59,10 @@ pub async fn resolve_endpoints(
         }
     }
     UpstreamPool::close(&fixed.endpoints()).await;
-    if out.is_empty() {
-        if let Some(e) = last_err {
-            return Err(e);
-        }
+    if out.is_empty()
+        && let Some(e) = last_err
+    {
+        return Err(e);
     }
     out.sort();
     Ok(out)
@@ -80,12 +71,7 @@ pub async fn resolve_endpoints(
 /// Keeps the pool of `zone` in step with the discovered endpoints until `stop`.
 pub async fn run(engine: Arc<Engine>, zone_name: Name, mut stop: watch::Receiver<bool>) {
     loop {
-        let Some(zone) = engine
-            .zones()
-            .iter()
-            .find(|z| z.config.name == zone_name)
-            .cloned()
-        else {
+        let Some(zone) = engine.zones().iter().find(|z| z.config.name == zone_name).cloned() else {
             return;
         };
         let Some(service) = zone.config.discover.clone() else {
@@ -102,12 +88,7 @@ pub async fn run(engine: Arc<Engine>, zone_name: Name, mut stop: watch::Receiver
 async fn refresh(zone: &Zone, service: &Name) {
     match resolve_endpoints(&zone.config, service).await {
         Ok(found) if !found.is_empty() => {
-            let before: Vec<SocketAddr> = zone
-                .pool
-                .endpoints()
-                .iter()
-                .map(|e| e.endpoint.addr)
-                .collect();
+            let before: Vec<SocketAddr> = zone.pool.endpoints().iter().map(|e| e.endpoint.addr).collect();
             if before != found {
                 let removed = zone.pool.set_endpoints(&found);
                 zone.pool.set_fallback(zone.config.upstreams.addrs());

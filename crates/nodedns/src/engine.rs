@@ -12,13 +12,11 @@ use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use nodedns_cache::{
-    AnswerView, Cache, CacheKey, CacheLimits, CacheableAnswer, Freshness, KeyKind, LowerName,
-    MAX_NAME_LEN, Member, Timestamp, TtlPolicy,
+    AnswerView, Cache, CacheKey, CacheLimits, CacheableAnswer, Freshness, KeyKind, LowerName, MAX_NAME_LEN, Member,
+    Timestamp, TtlPolicy,
 };
-use nodedns_upstream::{PoolConfig, UpstreamError, UpstreamPool};
-use nodedns_wire::{
-    Parsed, Query, Rcode, Transport, UpstreamQuestion, parse_query, render_cached, render_rcode,
-};
+use nodedns_upstream::{EndpointRegistry, PoolConfig, UpstreamError, UpstreamPool};
+use nodedns_wire::{Parsed, Query, Rcode, Transport, UpstreamQuestion, parse_query, render_cached, render_rcode};
 
 use crate::config::{Config, ZoneConfig};
 use crate::logging::RateLimitedWarn;
@@ -33,8 +31,8 @@ pub struct Zone {
 }
 
 impl Zone {
-    pub fn new(config: ZoneConfig) -> Self {
-        let pool = UpstreamPool::new(
+    pub fn new(config: ZoneConfig, registry: &Arc<EndpointRegistry>) -> Self {
+        let pool = UpstreamPool::with_registry(
             config.upstreams.addrs(),
             PoolConfig {
                 transport: config.transport,
@@ -42,13 +40,10 @@ impl Zone {
                 query_timeout: config.query_timeout,
                 ..PoolConfig::default()
             },
+            registry.clone(),
         );
         let label = config.name.to_ascii();
-        Self {
-            config,
-            pool,
-            label,
-        }
+        Self { config, pool, label }
     }
 }
 
@@ -61,17 +56,13 @@ pub struct Fetched {
 }
 
 impl Fetched {
-    fn new(a: &CacheableAnswer, policy: &TtlPolicy, split: bool) -> Self {
-        let mut ttl = a.disposition.lifetime(policy).secs();
-        if split {
-            ttl = ttl.min(policy.min_ttl.secs());
-        }
-        Self {
-            message: a.message.clone(),
-            offsets_le: a.ttl_offsets_le(),
-            ttl,
-            split,
-        }
+    fn new(a: &CacheableAnswer, policy: &TtlPolicy) -> Self {
+        Self::with_ttl(a, a.disposition.lifetime(policy).secs(), false)
+    }
+
+    /// With the TTL of the entry it belongs to (a pair's one TTL).
+    fn with_ttl(a: &CacheableAnswer, ttl: u32, split: bool) -> Self {
+        Self { message: a.message.clone(), offsets_le: a.ttl_offsets_le(), ttl, split }
     }
 
     pub fn view(&self) -> AnswerView<'_> {
@@ -123,6 +114,8 @@ impl FetchKey {
 pub struct Engine {
     pub cache: Cache,
     zones: RwLock<Arc<Vec<Arc<Zone>>>>,
+    /// Upstream endpoints shared across zones (one connection pool per address).
+    registry: Arc<EndpointRegistry>,
     cache_config: RwLock<crate::config::CacheConfig>,
     pub metrics: Arc<Metrics>,
     epoch: std::time::Instant,
@@ -145,12 +138,8 @@ pub struct MissAnswer {
 
 impl Engine {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
-        let zones = config
-            .zones
-            .iter()
-            .cloned()
-            .map(|z| Arc::new(Zone::new(z)))
-            .collect();
+        let registry = EndpointRegistry::new();
+        let zones = config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &registry))).collect();
         Arc::new(Self {
             cache: Cache::new(CacheLimits {
                 max_bytes: config.cache.max_bytes,
@@ -158,6 +147,7 @@ impl Engine {
                 shards: 64,
             }),
             zones: RwLock::new(Arc::new(zones)),
+            registry,
             cache_config: RwLock::new(config.cache.clone()),
             metrics,
             epoch: std::time::Instant::now(),
@@ -181,52 +171,29 @@ impl Engine {
         self.zones.read().clone()
     }
 
-    /// Applies a reloaded config's zones and cache TTL policy. Zones whose upstream settings
-    /// did not change keep their pools (connections, health, counters); the cache is kept.
-    pub fn reconfigure(&self, config: &Config) -> Vec<Arc<Zone>> {
-        let old = self.zones();
-        let mut next = Vec::new();
-        for zc in &config.zones {
-            let keep = old.iter().find(|z| {
-                z.config.name == zc.name
-                    && z.config.transport == zc.transport
-                    && z.config.tcp_connections == zc.tcp_connections
-                    && z.config.query_timeout == zc.query_timeout
-            });
-            match keep {
-                Some(z) => {
-                    let zone = Zone {
-                        config: zc.clone(),
-                        pool: UpstreamPool::new(&[], *z.pool.config()),
-                        label: z.label.clone(),
-                    };
-                    // Move the endpoint states over: same addresses keep their connections.
-                    zone.pool.adopt(&z.pool, zc.upstreams.addrs());
-                    next.push(Arc::new(zone));
-                }
-                None => next.push(Arc::new(Zone::new(zc.clone()))),
+    /// Applies a reloaded config's zones and cache TTL policy. Endpoints that remain keep their
+    /// connections, health and counters (they live in the shared registry); the cache is kept.
+    pub fn reconfigure(&self, config: &Config) {
+        let next: Vec<Arc<Zone>> =
+            config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &self.registry))).collect();
+        // Keep discovered endpoints of zones whose discovery target did not change.
+        for zone in &next {
+            if let Some(old) = self.zones().iter().find(|o| {
+                o.config.name == zone.config.name
+                    && o.config.discover == zone.config.discover
+                    && zone.config.discover.is_some()
+            }) {
+                let addrs: Vec<_> = old.pool.endpoints().iter().map(|e| e.endpoint.addr).collect();
+                zone.pool.set_endpoints(&addrs);
+                zone.pool.set_fallback(zone.config.upstreams.addrs());
             }
         }
         *self.cache_config.write() = config.cache.clone();
-        let removed: Vec<Arc<Zone>> = old
-            .iter()
-            .filter(|z| {
-                !next
-                    .iter()
-                    .any(|n| Arc::ptr_eq(n, z) || n.config.name == z.config.name)
-            })
-            .cloned()
-            .collect();
         *self.zones.write() = Arc::new(next);
-        removed
     }
 
     fn zone_for(&self, name: &Name) -> Option<Arc<Zone>> {
-        self.zones
-            .read()
-            .iter()
-            .find(|z| z.config.name.zone_of(name))
-            .cloned()
+        self.zones.read().iter().find(|z| z.config.name.zone_of(name)).cloned()
     }
 
     pub fn stale_answer_timeout(&self) -> Duration {
@@ -240,12 +207,7 @@ impl Engine {
     /// The hit path: renders a fresh cached answer into `out`. Returns the length and whether a
     /// prefetch is due, or `None` on a miss or stale entry (the miss path decides).
     #[inline]
-    pub fn answer_from_cache(
-        &self,
-        query: &Query<'_>,
-        transport: Transport,
-        out: &mut [u8],
-    ) -> Option<(usize, bool)> {
+    pub fn answer_from_cache(&self, query: &Query<'_>, transport: Transport, out: &mut [u8]) -> Option<(usize, bool)> {
         let mut name_buf = [0u8; MAX_NAME_LEN];
         let (key, member) = query.cache_key(&mut name_buf);
         let now = self.now();
@@ -272,15 +234,9 @@ impl Engine {
         if self.waiting.load(Relaxed) >= self.max_inflight {
             self.metrics.shed(ShedReason::Inflight);
             if self.shed_warn.allow() {
-                warn!(
-                    limit = self.max_inflight,
-                    "shedding queries: too many waiting for upstream answers"
-                );
+                warn!(limit = self.max_inflight, "shedding queries: too many waiting for upstream answers");
             }
-            return render_rcode(&query, Rcode::Refused, out).map(|len| MissAnswer {
-                len,
-                result: CacheResult::Miss,
-            });
+            return render_rcode(&query, Rcode::Refused, out).map(|len| MissAnswer { len, result: CacheResult::Miss });
         }
         self.waiting.fetch_add(1, Relaxed);
         self.metrics.inflight.inc();
@@ -302,39 +258,27 @@ impl Engine {
         // Filled while this query waited in a queue?
         let now = self.now();
         let mut has_stale = false;
-        if let Some(r) = self
-            .cache
-            .lookup(&key, member, now, |view| match view.freshness {
-                Freshness::Fresh { .. } => render_cached(query, view, transport, out),
-                Freshness::Stale { .. } => {
-                    has_stale = true;
-                    None
-                }
-            })
-        {
-            if let Some(len) = r {
-                return Some(MissAnswer {
-                    len,
-                    result: CacheResult::Hit,
-                });
+        if let Some(r) = self.cache.lookup(&key, member, now, |view| match view.freshness {
+            Freshness::Fresh { .. } => render_cached(query, view, transport, out),
+            Freshness::Stale { .. } => {
+                has_stale = true;
+                None
             }
+        }) && let Some(len) = r
+        {
+            return Some(MissAnswer { len, result: CacheResult::Hit });
         }
 
         let qname = match name_from_wire(key.name.as_wire()) {
             Some(n) => n,
             None => {
-                return render_rcode(query, Rcode::FormErr, out).map(|len| MissAnswer {
-                    len,
-                    result: CacheResult::Miss,
-                });
+                return render_rcode(query, Rcode::FormErr, out)
+                    .map(|len| MissAnswer { len, result: CacheResult::Miss });
             }
         };
         let Some(zone) = self.zone_for(&qname) else {
             // No zone covers the name and there is no "." zone: not ours to answer.
-            return render_rcode(query, Rcode::Refused, out).map(|len| MissAnswer {
-                len,
-                result: CacheResult::Miss,
-            });
+            return render_rcode(query, Rcode::Refused, out).map(|len| MissAnswer { len, result: CacheResult::Miss });
         };
 
         let mut rx = self.fetch(&zone, &key);
@@ -349,32 +293,19 @@ impl Engine {
             rx.recv().await.ok()
         };
 
-        if let Some(result) = &result {
-            if let Some(f) = result.member(member) {
-                return render_cached(query, &f.view(), transport, out).map(|len| MissAnswer {
-                    len,
-                    result: CacheResult::Miss,
-                });
-            }
+        if let Some(result) = &result
+            && let Some(f) = result.member(member)
+        {
+            return render_cached(query, &f.view(), transport, out)
+                .map(|len| MissAnswer { len, result: CacheResult::Miss });
         }
         // Upstream failed or is too slow: stale data if we have it, else SERVFAIL.
         let now = self.now();
-        let stale = self
-            .cache
-            .lookup(&key, member, now, |view| {
-                render_cached(query, view, transport, out)
-            })
-            .flatten();
+        let stale = self.cache.lookup(&key, member, now, |view| render_cached(query, view, transport, out)).flatten();
         if let Some(len) = stale {
-            return Some(MissAnswer {
-                len,
-                result: CacheResult::Stale,
-            });
+            return Some(MissAnswer { len, result: CacheResult::Stale });
         }
-        render_rcode(query, Rcode::ServFail, out).map(|len| MissAnswer {
-            len,
-            result: CacheResult::Miss,
-        })
+        render_rcode(query, Rcode::ServFail, out).map(|len| MissAnswer { len, result: CacheResult::Miss })
     }
 
     /// Starts a refresh of a popular entry before it expires (prefetch). Coalesced with any
@@ -399,11 +330,7 @@ impl Engine {
 
     /// Joins or starts the fetch for `key`. Identical misses share one upstream exchange: 10,000
     /// simultaneous queries for one name cost the upstream one A+AAAA pair.
-    fn fetch(
-        self: &Arc<Self>,
-        zone: &Arc<Zone>,
-        key: &CacheKey<'_>,
-    ) -> broadcast::Receiver<Arc<FetchResult>> {
+    fn fetch(self: &Arc<Self>, zone: &Arc<Zone>, key: &CacheKey<'_>) -> broadcast::Receiver<Arc<FetchResult>> {
         let fk = FetchKey::of(key);
         let mut fetches = self.fetches.lock();
         if let Some(tx) = fetches.get(&fk) {
@@ -447,21 +374,16 @@ impl Engine {
                 Ok(r) => {
                     self.upstream_answered.store(true, Relaxed);
                     let _ = self.cache.insert(&key, &r.answer, &policy, self.now());
-                    FetchResult::Single(Arc::new(Fetched::new(&r.answer, &policy, false)))
+                    FetchResult::Single(Arc::new(Fetched::new(&r.answer, &policy)))
                 }
                 Err(e) => FetchResult::Failed(e),
             },
             KeyKind::Pair => {
-                let (qa, qaaaa) = (
-                    question(nodedns_cache::TYPE_A),
-                    question(nodedns_cache::TYPE_AAAA),
-                );
+                let (qa, qaaaa) = (question(nodedns_cache::TYPE_A), question(nodedns_cache::TYPE_AAAA));
                 let mut refetched = false;
                 loop {
-                    let (a, aaaa) = tokio::join!(
-                        zone.pool.resolve(&qa, bailiwick),
-                        zone.pool.resolve(&qaaaa, bailiwick)
-                    );
+                    let (a, aaaa) =
+                        tokio::join!(zone.pool.resolve(&qa, bailiwick), zone.pool.resolve(&qaaaa, bailiwick));
                     let (a, aaaa) = match (a, aaaa) {
                         (Ok(a), Ok(aaaa)) => (a, aaaa),
                         (Err(e), _) | (_, Err(e)) => {
@@ -471,8 +393,7 @@ impl Engine {
                         }
                     };
                     self.upstream_answered.store(true, Relaxed);
-                    let split =
-                        a.answer.disposition.is_nxdomain() != aaaa.answer.disposition.is_nxdomain();
+                    let split = a.answer.disposition.is_nxdomain() != aaaa.answer.disposition.is_nxdomain();
                     if split && !refetched {
                         // An NXDOMAIN for one type and NOERROR for the other is what made glibc
                         // give up on names (CoreDNS autopath guessing wrong): ask once more.
@@ -488,12 +409,19 @@ impl Engine {
                             "upstream answers NXDOMAIN for one of A/AAAA and NOERROR for the other; caching the split pair for min_ttl only"
                         );
                     }
-                    let _ =
-                        self.cache
-                            .insert_pair(&key, &a.answer, &aaaa.answer, &policy, self.now());
+                    let stored = self.cache.insert_pair(&key, &a.answer, &aaaa.answer, &policy, self.now());
+                    let ttl = match stored {
+                        Ok(ins) => ins.lifetime.secs(),
+                        // Not stored (larger than a shard's budget): the same rule, computed here.
+                        Err(_) => {
+                            let t =
+                                a.answer.disposition.lifetime(&policy).min(aaaa.answer.disposition.lifetime(&policy));
+                            if split { t.min(policy.min_ttl).secs() } else { t.secs() }
+                        }
+                    };
                     return FetchResult::Pair {
-                        a: Arc::new(Fetched::new(&a.answer, &policy, split)),
-                        aaaa: Arc::new(Fetched::new(&aaaa.answer, &policy, split)),
+                        a: Arc::new(Fetched::with_ttl(&a.answer, ttl, split)),
+                        aaaa: Arc::new(Fetched::with_ttl(&aaaa.answer, ttl, split)),
                     };
                 }
             }
@@ -504,9 +432,8 @@ impl Engine {
     /// later denials use). Returns whether any upstream has answered.
     pub async fn probe_zones(self: &Arc<Self>) -> bool {
         for zone in self.zones().iter() {
-            let Ok(wire) = hickory_proto::serialize::binary::BinEncodable::to_bytes(
-                &zone.config.name.to_lowercase(),
-            ) else {
+            let Ok(wire) = hickory_proto::serialize::binary::BinEncodable::to_bytes(&zone.config.name.to_lowercase())
+            else {
                 continue;
             };
             let Ok(name) = LowerName::new(&wire) else {
@@ -514,10 +441,10 @@ impl Engine {
             };
             let (key, _) = CacheKey::for_query(name, 6, nodedns_cache::CLASS_IN, false, false);
             let mut rx = self.fetch(zone, &key);
-            if let Ok(r) = rx.recv().await {
-                if !matches!(r.as_ref(), FetchResult::Failed(_)) {
-                    return true;
-                }
+            if let Ok(r) = rx.recv().await
+                && !matches!(r.as_ref(), FetchResult::Failed(_))
+            {
+                return true;
             }
         }
         self.upstream_answered.load(Relaxed)
@@ -546,7 +473,5 @@ pub fn name_from_wire(wire: &[u8]) -> Option<Name> {
 }
 
 fn display_name(wire: &[u8]) -> String {
-    name_from_wire(wire)
-        .map(|n| n.to_ascii())
-        .unwrap_or_else(|| "<invalid>".into())
+    name_from_wire(wire).map(|n| n.to_ascii()).unwrap_or_else(|| "<invalid>".into())
 }

@@ -12,9 +12,7 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -43,18 +41,10 @@ impl RateLimitedWarn {
     pub fn allow(&self) -> bool {
         let now = self.epoch.elapsed().as_millis() as u64;
         let next = self.next_ms.load(Relaxed);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(next, now + self.interval_ms, Relaxed, Relaxed)
-                .is_ok()
-        {
+        if now >= next && self.next_ms.compare_exchange(next, now + self.interval_ms, Relaxed, Relaxed).is_ok() {
             let n = self.suppressed.swap(0, Relaxed);
             if n > 0 {
-                tracing::warn!(
-                    suppressed = n,
-                    "similar warnings were suppressed by rate limiting"
-                );
+                tracing::warn!(suppressed = n, "similar warnings were suppressed by rate limiting");
             }
             return true;
         }

@@ -13,11 +13,7 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
-#[command(
-    name = "nodedns",
-    version,
-    about = "Node-local DNS cache for Kubernetes"
-)]
+#[command(name = "nodedns", version, about = "Node-local DNS cache for Kubernetes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,10 +66,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_USAGE)
             }
         },
-        Command::Run {
-            config,
-            admin_listen,
-        } => {
+        Command::Run { config, admin_listen } => {
             let mut cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -95,12 +88,7 @@ fn main() -> ExitCode {
                 cfg.admin.listen = addrs;
             }
             nodedns::logging::init(&cfg.log);
-            match nodedns::daemon::run(
-                cfg,
-                nodedns::daemon::RunOptions {
-                    config_path: config,
-                },
-            ) {
+            match nodedns::daemon::run(cfg, nodedns::daemon::RunOptions { config_path: config }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "nodedns failed");
@@ -109,12 +97,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Probe {
-            name,
-            qtype,
-            config,
-            count,
-        } => {
+        Command::Probe { name, qtype, config, count } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -122,29 +105,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_USAGE);
                 }
             };
-            let Ok(rtype) = qtype
-                .to_ascii_uppercase()
-                .parse::<hickory_proto::rr::RecordType>()
-            else {
+            let Ok(rtype) = qtype.to_ascii_uppercase().parse::<hickory_proto::rr::RecordType>() else {
                 eprintln!("--type: unknown record type `{qtype}`");
                 return ExitCode::from(EX_USAGE);
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("nodedns: {e}");
                     return ExitCode::from(EX_UNAVAILABLE);
                 }
             };
-            match rt.block_on(nodedns::probe::probe(
-                &cfg,
-                &name,
-                u16::from(rtype),
-                count.max(1),
-            )) {
+            match rt.block_on(nodedns::probe::probe(&cfg, &name, u16::from(rtype), count.max(1))) {
                 Ok((zone, reports)) => {
                     println!("probe {name} {qtype} x{count} via zone {zone}:");
                     let mut failing = false;
@@ -152,11 +124,7 @@ fn main() -> ExitCode {
                         println!("  {}", r.line());
                         failing |= r.timeouts > 0 || !r.errors.is_empty();
                     }
-                    if failing {
-                        ExitCode::from(1)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
+                    if failing { ExitCode::from(1) } else { ExitCode::SUCCESS }
                 }
                 Err(e) => {
                     eprintln!("nodedns probe: {e}");

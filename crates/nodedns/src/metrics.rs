@@ -117,25 +117,17 @@ const QTYPES: [(u16, &str); 12] = [
 const QTYPE_OTHER: usize = QTYPES.len();
 
 fn qtype_index(qtype: u16) -> usize {
-    QTYPES
-        .iter()
-        .position(|(t, _)| *t == qtype)
-        .unwrap_or(QTYPE_OTHER)
+    QTYPES.iter().position(|(t, _)| *t == qtype).unwrap_or(QTYPE_OTHER)
 }
 
 fn qtype_label(i: usize) -> &'static str {
     QTYPES.get(i).map_or("other", |(_, l)| l)
 }
 
-const RCODES: [&str; 8] = [
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
-];
+const RCODES: [&str; 8] = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER"];
 
 fn rcode_index(label: &str) -> usize {
-    RCODES
-        .iter()
-        .position(|r| *r == label)
-        .unwrap_or(RCODES.len() - 1)
+    RCODES.iter().position(|r| *r == label).unwrap_or(RCODES.len() - 1)
 }
 
 /// How a query was answered, for the duration histogram.
@@ -158,17 +150,10 @@ pub enum ShedReason {
     Draining = 4,
 }
 
-const SHED_REASONS: [&str; 5] = [
-    "inflight",
-    "tcp_connections",
-    "tcp_pipeline",
-    "rate_limit",
-    "draining",
-];
+const SHED_REASONS: [&str; 5] = ["inflight", "tcp_connections", "tcp_pipeline", "rate_limit", "draining"];
 
-const REQUEST_BUCKETS: [f64; 14] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
+const REQUEST_BUCKETS: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 /// Handles used on the serving paths.
 pub struct Metrics {
@@ -212,10 +197,7 @@ impl Metrics {
         let reg = |c: Box<dyn Collector>| must(registry.register(c));
 
         let requests_vec = must(IntCounterVec::new(
-            Opts::new(
-                REQUESTS,
-                "DNS requests received, by transport and query type.",
-            ),
+            Opts::new(REQUESTS, "DNS requests received, by transport and query type."),
             &["proto", "qtype"],
         ));
         let mut requests = Vec::new();
@@ -226,28 +208,16 @@ impl Metrics {
         }
         reg(Box::new(requests_vec));
 
-        let responses_vec = must(IntCounterVec::new(
-            Opts::new(RESPONSES, "DNS responses sent, by rcode."),
-            &["rcode"],
-        ));
-        let responses = RCODES
-            .iter()
-            .map(|r| responses_vec.with_label_values(&[r]))
-            .collect();
+        let responses_vec = must(IntCounterVec::new(Opts::new(RESPONSES, "DNS responses sent, by rcode."), &["rcode"]));
+        let responses = RCODES.iter().map(|r| responses_vec.with_label_values(&[r])).collect();
         reg(Box::new(responses_vec));
 
         let duration_vec = must(prometheus::HistogramVec::new(
-            HistogramOpts::new(
-                REQUEST_DURATION,
-                "Time from receiving a query to sending its answer, by cache result.",
-            )
-            .buckets(REQUEST_BUCKETS.to_vec()),
+            HistogramOpts::new(REQUEST_DURATION, "Time from receiving a query to sending its answer, by cache result.")
+                .buckets(REQUEST_BUCKETS.to_vec()),
             &["cache"],
         ));
-        let duration = CACHE_RESULTS
-            .iter()
-            .map(|c| duration_vec.with_label_values(&[c]))
-            .collect();
+        let duration = CACHE_RESULTS.iter().map(|c| duration_vec.with_label_values(&[c])).collect();
         reg(Box::new(duration_vec));
 
         let counter = |name: &str, help: &str| {
@@ -257,36 +227,20 @@ impl Metrics {
         };
         let cache_hits = counter(CACHE_HITS, "Queries answered from fresh cache entries.");
         let cache_misses = counter(CACHE_MISSES, "Queries that needed an upstream query.");
-        let stale_answers = counter(
-            CACHE_STALE_ANSWERS,
-            "Answers served from expired entries because upstreams failed (RFC 8767).",
-        );
-        let prefetches = counter(
-            CACHE_PREFETCHES,
-            "Popular entries refreshed before they expired.",
-        );
-        let node_repairs = counter(
-            NODE_REPAIRS,
-            "Node setup pieces (interface, addresses, rules) found missing and restored.",
-        );
+        let stale_answers =
+            counter(CACHE_STALE_ANSWERS, "Answers served from expired entries because upstreams failed (RFC 8767).");
+        let prefetches = counter(CACHE_PREFETCHES, "Popular entries refreshed before they expired.");
+        let node_repairs =
+            counter(NODE_REPAIRS, "Node setup pieces (interface, addresses, rules) found missing and restored.");
 
-        let inflight = must(IntGauge::new(
-            INFLIGHT,
-            "Client queries waiting for an upstream answer.",
-        ));
+        let inflight = must(IntGauge::new(INFLIGHT, "Client queries waiting for an upstream answer."));
         reg(Box::new(inflight.clone()));
 
         let shed_vec = must(IntCounterVec::new(
-            Opts::new(
-                SHED,
-                "Queries or connections refused because a bound was reached.",
-            ),
+            Opts::new(SHED, "Queries or connections refused because a bound was reached."),
             &["reason"],
         ));
-        let shed = SHED_REASONS
-            .iter()
-            .map(|r| shed_vec.with_label_values(&[r]))
-            .collect();
+        let shed = SHED_REASONS.iter().map(|r| shed_vec.with_label_values(&[r])).collect();
         reg(Box::new(shed_vec));
 
         let vec = |name: &str, help: &str, labels: &[&str]| {
@@ -294,16 +248,8 @@ impl Metrics {
             reg(Box::new(v.clone()));
             v
         };
-        let malformed = vec(
-            MALFORMED,
-            "Queries answered with an error without lookup, by reason.",
-            &["reason"],
-        );
-        let node_setup_errors = vec(
-            NODE_SETUP_ERRORS,
-            "Node setup or resync failures, by kind.",
-            &["kind"],
-        );
+        let malformed = vec(MALFORMED, "Queries answered with an error without lookup, by reason.", &["reason"]);
+        let node_setup_errors = vec(NODE_SETUP_ERRORS, "Node setup or resync failures, by kind.", &["kind"]);
         let config_reloads = vec(CONFIG_RELOADS, "Config reloads, by result.", &["result"]);
         let local_synthesized = vec(
             LOCAL_SYNTHESIZED,
@@ -311,32 +257,20 @@ impl Metrics {
             &["zone"],
         );
 
-        let build = must(IntCounterVec::new(
-            Opts::new(BUILD_INFO, "Build information; the value is always 1."),
-            &["version"],
-        ));
+        let build =
+            must(IntCounterVec::new(Opts::new(BUILD_INFO, "Build information; the value is always 1."), &["version"]));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
         reg(Box::new(build));
 
         let coredns = coredns_compatible.then(|| {
             let req = must(IntCounterVec::new(
-                Opts::new(
-                    COREDNS_REQUESTS,
-                    "Counter of DNS requests made per zone, protocol and family.",
-                ),
+                Opts::new(COREDNS_REQUESTS, "Counter of DNS requests made per zone, protocol and family."),
                 &["server", "zone", "view", "proto", "family", "type"],
             ));
             let mut requests = Vec::new();
             for proto in ["udp", "tcp"] {
                 for i in 0..=QTYPE_OTHER {
-                    requests.push(req.with_label_values(&[
-                        "dns://:53",
-                        ".",
-                        "",
-                        proto,
-                        "1",
-                        qtype_label(i),
-                    ]));
+                    requests.push(req.with_label_values(&["dns://:53", ".", "", proto, "1", qtype_label(i)]));
                 }
             }
             reg(Box::new(req));
@@ -344,22 +278,16 @@ impl Metrics {
                 Opts::new(COREDNS_RESPONSES, "Counter of response status codes."),
                 &["server", "zone", "view", "rcode", "plugin"],
             ));
-            let responses = RCODES
-                .iter()
-                .map(|r| resp.with_label_values(&["dns://:53", ".", "", r, "cache"]))
-                .collect();
+            let responses =
+                RCODES.iter().map(|r| resp.with_label_values(&["dns://:53", ".", "", r, "cache"])).collect();
             reg(Box::new(resp));
             let dur = must(prometheus::HistogramVec::new(
-                HistogramOpts::new(
-                    COREDNS_REQUEST_DURATION,
-                    "Histogram of the time (in seconds) each request took.",
-                )
-                .buckets(REQUEST_BUCKETS.to_vec()),
+                HistogramOpts::new(COREDNS_REQUEST_DURATION, "Histogram of the time (in seconds) each request took.")
+                    .buckets(REQUEST_BUCKETS.to_vec()),
                 &["server", "zone", "view", "type"],
             ));
-            let duration = (0..=QTYPE_OTHER)
-                .map(|i| dur.with_label_values(&["dns://:53", ".", "", qtype_label(i)]))
-                .collect();
+            let duration =
+                (0..=QTYPE_OTHER).map(|i| dur.with_label_values(&["dns://:53", ".", "", qtype_label(i)])).collect();
             reg(Box::new(dur));
             let hits_vec = must(IntCounterVec::new(
                 Opts::new(COREDNS_CACHE_HITS, "The count of cache hits."),
@@ -374,21 +302,11 @@ impl Metrics {
             let misses = misses_vec.with_label_values(&["dns://:53", "", "."]);
             reg(Box::new(misses_vec));
             let setup_errors = must(IntCounterVec::new(
-                Opts::new(
-                    COREDNS_SETUP_ERRORS,
-                    "The number of errors during periodic network setup for node-cache.",
-                ),
+                Opts::new(COREDNS_SETUP_ERRORS, "The number of errors during periodic network setup for node-cache."),
                 &["errortype"],
             ));
             reg(Box::new(setup_errors.clone()));
-            CorednsMetrics {
-                requests,
-                responses,
-                duration,
-                hits,
-                misses,
-                setup_errors,
-            }
+            CorednsMetrics { requests, responses, duration, hits, misses, setup_errors }
         });
 
         Arc::new(Self {
@@ -501,10 +419,7 @@ impl EndpointSample {
             zone: zone.to_string(),
             endpoint: e.addr.to_string(),
             queries: e.stats.queries.load(Relaxed),
-            errors: ErrorKind::ALL
-                .iter()
-                .map(|k| (k.label(), e.stats.error(*k)))
-                .collect(),
+            errors: ErrorKind::ALL.iter().map(|k| (k.label(), e.stats.error(*k))).collect(),
             latency: e.stats.latency(),
             healthy: e.health() == Health::Healthy,
             open_connections: e.stats.open_connections.load(Relaxed),
@@ -543,57 +458,17 @@ impl ScrapedCollector {
             ))
         };
         let mut descs = vec![
-            d(
-                CACHE_ENTRIES,
-                "Entries in the cache (fresh and stale).",
-                &[],
-            ),
-            d(
-                CACHE_BYTES,
-                "Bytes held by the cache, as counted against cache.max_bytes.",
-                &[],
-            ),
+            d(CACHE_ENTRIES, "Entries in the cache (fresh and stale).", &[]),
+            d(CACHE_BYTES, "Bytes held by the cache, as counted against cache.max_bytes.", &[]),
             d(CACHE_MAX_BYTES, "The configured cache byte bound.", &[]),
-            d(
-                CACHE_EVICTIONS,
-                "Entries evicted to stay under the byte bound.",
-                &[],
-            ),
-            d(
-                CACHE_SPLIT_PAIRS,
-                "A/AAAA pairs stored split (one NXDOMAIN, one NOERROR).",
-                &[],
-            ),
-            d(
-                UPSTREAM_QUERIES,
-                "Queries sent to each upstream endpoint.",
-                &["zone", "endpoint"],
-            ),
-            d(
-                UPSTREAM_ERRORS,
-                "Upstream failures by endpoint and kind.",
-                &["zone", "endpoint", "kind"],
-            ),
-            d(
-                UPSTREAM_DURATION,
-                "Upstream round-trip time of answered queries.",
-                &["zone", "endpoint"],
-            ),
-            d(
-                UPSTREAM_HEALTHY,
-                "1 if the endpoint is in rotation, 0 if ejected.",
-                &["zone", "endpoint"],
-            ),
-            d(
-                UPSTREAM_OPEN_CONNECTIONS,
-                "Open TCP connections to the endpoint.",
-                &["zone", "endpoint"],
-            ),
-            d(
-                UPSTREAM_EJECTIONS,
-                "Times the endpoint was ejected.",
-                &["zone", "endpoint"],
-            ),
+            d(CACHE_EVICTIONS, "Entries evicted to stay under the byte bound.", &[]),
+            d(CACHE_SPLIT_PAIRS, "A/AAAA pairs stored split (one NXDOMAIN, one NOERROR).", &[]),
+            d(UPSTREAM_QUERIES, "Queries sent to each upstream endpoint.", &["zone", "endpoint"]),
+            d(UPSTREAM_ERRORS, "Upstream failures by endpoint and kind.", &["zone", "endpoint", "kind"]),
+            d(UPSTREAM_DURATION, "Upstream round-trip time of answered queries.", &["zone", "endpoint"]),
+            d(UPSTREAM_HEALTHY, "1 if the endpoint is in rotation, 0 if ejected.", &["zone", "endpoint"]),
+            d(UPSTREAM_OPEN_CONNECTIONS, "Open TCP connections to the endpoint.", &["zone", "endpoint"]),
+            d(UPSTREAM_EJECTIONS, "Times the endpoint was ejected.", &["zone", "endpoint"]),
         ];
         if coredns_compatible {
             descs.push(d(
@@ -602,11 +477,7 @@ impl ScrapedCollector {
                 &["server", "type", "view", "zones"],
             ));
         }
-        Self {
-            descs,
-            sample,
-            coredns_compatible,
-        }
+        Self { descs, sample, coredns_compatible }
     }
 }
 
@@ -652,24 +523,9 @@ impl Collector for ScrapedCollector {
         let (cache, endpoints) = (self.sample)();
         let help = |i: usize| self.descs[i].help.clone();
         let mut out = vec![
-            family(
-                CACHE_ENTRIES,
-                &help(0),
-                MetricType::GAUGE,
-                vec![gauge_metric(vec![], cache.entries as f64)],
-            ),
-            family(
-                CACHE_BYTES,
-                &help(1),
-                MetricType::GAUGE,
-                vec![gauge_metric(vec![], cache.bytes as f64)],
-            ),
-            family(
-                CACHE_MAX_BYTES,
-                &help(2),
-                MetricType::GAUGE,
-                vec![gauge_metric(vec![], cache.max_bytes as f64)],
-            ),
+            family(CACHE_ENTRIES, &help(0), MetricType::GAUGE, vec![gauge_metric(vec![], cache.entries as f64)]),
+            family(CACHE_BYTES, &help(1), MetricType::GAUGE, vec![gauge_metric(vec![], cache.bytes as f64)]),
+            family(CACHE_MAX_BYTES, &help(2), MetricType::GAUGE, vec![gauge_metric(vec![], cache.max_bytes as f64)]),
             family(
                 CACHE_EVICTIONS,
                 &help(3),
@@ -683,8 +539,7 @@ impl Collector for ScrapedCollector {
                 vec![counter_metric(vec![], cache.split_pairs as f64)],
             ),
         ];
-        let ep_labels =
-            |e: &EndpointSample| vec![label("endpoint", &e.endpoint), label("zone", &e.zone)];
+        let ep_labels = |e: &EndpointSample| vec![label("endpoint", &e.endpoint), label("zone", &e.zone)];
         let mut queries = Vec::new();
         let mut errors = Vec::new();
         let mut durations = Vec::new();
@@ -695,11 +550,7 @@ impl Collector for ScrapedCollector {
             queries.push(counter_metric(ep_labels(e), e.queries as f64));
             for (kind, n) in &e.errors {
                 errors.push(counter_metric(
-                    vec![
-                        label("endpoint", &e.endpoint),
-                        label("kind", kind),
-                        label("zone", &e.zone),
-                    ],
+                    vec![label("endpoint", &e.endpoint), label("kind", kind), label("zone", &e.zone)],
                     *n as f64,
                 ));
             }
@@ -723,50 +574,17 @@ impl Collector for ScrapedCollector {
             m.set_histogram(h);
             m.set_label(ep_labels(e));
             durations.push(m);
-            healthy.push(gauge_metric(
-                ep_labels(e),
-                if e.healthy { 1.0 } else { 0.0 },
-            ));
+            healthy.push(gauge_metric(ep_labels(e), if e.healthy { 1.0 } else { 0.0 }));
             conns.push(gauge_metric(ep_labels(e), e.open_connections as f64));
             ejections.push(counter_metric(ep_labels(e), e.ejections as f64));
         }
         if !endpoints.is_empty() {
-            out.push(family(
-                UPSTREAM_QUERIES,
-                &help(5),
-                MetricType::COUNTER,
-                queries,
-            ));
-            out.push(family(
-                UPSTREAM_ERRORS,
-                &help(6),
-                MetricType::COUNTER,
-                errors,
-            ));
-            out.push(family(
-                UPSTREAM_DURATION,
-                &help(7),
-                MetricType::HISTOGRAM,
-                durations,
-            ));
-            out.push(family(
-                UPSTREAM_HEALTHY,
-                &help(8),
-                MetricType::GAUGE,
-                healthy,
-            ));
-            out.push(family(
-                UPSTREAM_OPEN_CONNECTIONS,
-                &help(9),
-                MetricType::GAUGE,
-                conns,
-            ));
-            out.push(family(
-                UPSTREAM_EJECTIONS,
-                &help(10),
-                MetricType::COUNTER,
-                ejections,
-            ));
+            out.push(family(UPSTREAM_QUERIES, &help(5), MetricType::COUNTER, queries));
+            out.push(family(UPSTREAM_ERRORS, &help(6), MetricType::COUNTER, errors));
+            out.push(family(UPSTREAM_DURATION, &help(7), MetricType::HISTOGRAM, durations));
+            out.push(family(UPSTREAM_HEALTHY, &help(8), MetricType::GAUGE, healthy));
+            out.push(family(UPSTREAM_OPEN_CONNECTIONS, &help(9), MetricType::GAUGE, conns));
+            out.push(family(UPSTREAM_EJECTIONS, &help(10), MetricType::COUNTER, ejections));
         }
         if self.coredns_compatible {
             out.push(family(
@@ -802,37 +620,24 @@ mod tests {
         m.malformed("bad_name");
         m.node_setup_error("iptables");
         m.config_reloads.with_label_values(&["success"]).inc();
-        m.local_synthesized
-            .with_label_values(&["cluster.local."])
-            .inc();
+        m.local_synthesized.with_label_values(&["cluster.local."]).inc();
         m.node_repairs.inc();
         m.register_scraped(Box::new(ScrapedCollector::new(
             true,
             Box::new(|| {
                 let e = nodedns_upstream::Endpoint::new("10.0.0.1:53".parse().unwrap());
                 (
-                    CacheSample {
-                        entries: 1,
-                        bytes: 2,
-                        max_bytes: 3,
-                        evictions: 4,
-                        split_pairs: 5,
-                    },
+                    CacheSample { entries: 1, bytes: 2, max_bytes: 3, evictions: 4, split_pairs: 5 },
                     vec![EndpointSample::from_endpoint("cluster.local.", &e)],
                 )
             }),
         )));
         let text = m.render();
         for name in ALL_NAMES {
-            assert!(
-                text.contains(&format!("\n{name}")) || text.contains(&format!("# TYPE {name}")),
-                "{name} missing"
-            );
+            assert!(text.contains(&format!("\n{name}")) || text.contains(&format!("# TYPE {name}")), "{name} missing");
         }
         assert!(text.contains("nodedns_requests_total{proto=\"udp\",qtype=\"A\"} 1"));
-        assert!(text.contains(
-            "nodedns_upstream_healthy{endpoint=\"10.0.0.1:53\",zone=\"cluster.local.\"} 1"
-        ));
+        assert!(text.contains("nodedns_upstream_healthy{endpoint=\"10.0.0.1:53\",zone=\"cluster.local.\"} 1"));
     }
 
     #[test]

@@ -35,17 +35,13 @@ fn count_error(metrics: &Metrics, e: &NodeError) {
 }
 
 /// Applies the setup once; logs and counts what had to be repaired.
-pub async fn apply(
-    setup: &NodeSetup,
-    metrics: &Metrics,
-    initial: bool,
-) -> Result<Repairs, NodeError> {
+pub async fn apply(setup: &NodeSetup, metrics: &Metrics, initial: bool) -> Result<Repairs, NodeError> {
     match setup.apply().await {
         Ok(r) => {
             if r.any() {
-                metrics.node_repairs.inc_by(
-                    r.interface_created as u64 + r.addresses_added as u64 + r.rules_restored as u64,
-                );
+                metrics
+                    .node_repairs
+                    .inc_by(r.interface_created as u64 + r.addresses_added as u64 + r.rules_restored as u64);
                 if initial {
                     info!(
                         interface = setup.interface().as_str(),
@@ -79,9 +75,7 @@ pub fn spawn_resync(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new()
         .name("nodedns-resync".into())
         .spawn(move || rt.block_on(resync_loop(setup, interval, metrics, stop)))?;
@@ -113,11 +107,7 @@ pub fn other_instance_serving(addrs: &[SocketAddr]) -> bool {
     let mut bound = Vec::new();
     for (file, v6) in [("/proc/net/udp", false), ("/proc/net/udp6", true)] {
         if let Ok(text) = std::fs::read_to_string(file) {
-            bound.extend(
-                text.lines()
-                    .skip(1)
-                    .filter_map(|l| parse_proc_net_local(l, v6)),
-            );
+            bound.extend(text.lines().skip(1).filter_map(|l| parse_proc_net_local(l, v6)));
         }
     }
     addrs.iter().any(|a| bound.contains(a))
@@ -153,10 +143,7 @@ mod tests {
     #[test]
     fn parses_proc_net_udp() {
         let v4 = "  123: 0A14FEA9:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0";
-        assert_eq!(
-            parse_proc_net_local(v4, false),
-            Some("169.254.20.10:53".parse().unwrap())
-        );
+        assert_eq!(parse_proc_net_local(v4, false), Some("169.254.20.10:53".parse().unwrap()));
         let v6 = "  9: 000080FE00000000FF3F0000070000FE:0035 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000 0 0 1 2 0 0";
         let got = parse_proc_net_local(v6, true).unwrap();
         assert_eq!(got.port(), 53);

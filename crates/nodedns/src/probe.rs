@@ -41,11 +41,7 @@ impl EndpointReport {
     pub fn line(&self) -> String {
         let mut lat = self.latencies.clone();
         lat.sort();
-        let ms = |d: Option<Duration>| {
-            d.map_or("-".to_string(), |d| {
-                format!("{:.2}ms", d.as_secs_f64() * 1000.0)
-            })
-        };
+        let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2}ms", d.as_secs_f64() * 1000.0));
         let mut s = format!(
             "{:<24} sent={} answered={} timeouts={}",
             self.endpoint.map(|e| e.to_string()).unwrap_or_default(),
@@ -59,17 +55,9 @@ impl EndpointReport {
         for (kind, n) in &self.errors {
             let _ = write!(s, " error_{kind}={n}");
         }
-        let _ = write!(
-            s,
-            " p50={} p99={}",
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99))
-        );
-        let verdict = if self.timeouts + self.errors.iter().map(|e| e.1).sum::<usize>() > 0 {
-            "  <-- FAILING"
-        } else {
-            ""
-        };
+        let _ = write!(s, " p50={} p99={}", ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.99)));
+        let verdict =
+            if self.timeouts + self.errors.iter().map(|e| e.1).sum::<usize>() > 0 { "  <-- FAILING" } else { "" };
         s.push_str(verdict);
         s
     }
@@ -99,22 +87,12 @@ pub async fn probe(
         .zone_index_for(&qname)
         .map(|i| &config.zones[i])
         .ok_or_else(|| format!("no zone in the config covers {qname}"))?;
-    let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&qname)
-        .map_err(|e| e.to_string())?;
+    let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&qname).map_err(|e| e.to_string())?;
     let lname = LowerName::new(&wire).map_err(|e| e.to_string())?;
-    let question = UpstreamQuestion {
-        name: lname,
-        qtype,
-        qclass: 1,
-        dnssec_ok: false,
-        checking_disabled: false,
-    };
+    let question = UpstreamQuestion { name: lname, qtype, qclass: 1, dnssec_ok: false, checking_disabled: false };
     let mut endpoints: Vec<SocketAddr> = zone.upstreams.addrs().to_vec();
     if let Some(service) = &zone.discover {
-        for a in crate::discover::resolve_endpoints(zone, service)
-            .await
-            .unwrap_or_default()
-        {
+        for a in crate::discover::resolve_endpoints(zone, service).await.unwrap_or_default() {
             if !endpoints.contains(&a) {
                 endpoints.push(a);
             }
@@ -132,10 +110,7 @@ pub async fn probe(
                 ..PoolConfig::default()
             },
         );
-        let mut r = EndpointReport {
-            endpoint: Some(ep),
-            ..Default::default()
-        };
+        let mut r = EndpointReport { endpoint: Some(ep), ..Default::default() };
         for _ in 0..count {
             r.sent += 1;
             let started = Instant::now();
@@ -144,18 +119,12 @@ pub async fn probe(
                     r.latencies.push(started.elapsed());
                     bump(&mut r.rcodes, rcode_name(resolved.answer.message[3] & 0x0f));
                 }
-                Err(UpstreamError::Failed {
-                    last,
-                    rcode: Some(code),
-                }) => {
+                Err(UpstreamError::Failed { last, rcode: Some(code) }) => {
                     let _ = last;
                     r.latencies.push(started.elapsed());
                     bump(&mut r.rcodes, rcode_name(code as u8));
                 }
-                Err(UpstreamError::Failed {
-                    last: nodedns_upstream::ErrorKind::Timeout,
-                    ..
-                }) => r.timeouts += 1,
+                Err(UpstreamError::Failed { last: nodedns_upstream::ErrorKind::Timeout, .. }) => r.timeouts += 1,
                 Err(UpstreamError::Failed { last, .. }) => bump(&mut r.errors, last.label()),
                 Err(UpstreamError::NoEndpoints) => bump(&mut r.errors, "no_endpoints"),
             }

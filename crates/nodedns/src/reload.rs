@@ -16,12 +16,7 @@ use crate::engine::Engine;
 /// How often the file is re-read to detect changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-pub async fn watch(
-    path: PathBuf,
-    mut current: Config,
-    engine: Arc<Engine>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn watch(path: PathBuf, mut current: Config, engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut last = std::fs::read(&path).ok();
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -46,36 +41,19 @@ pub async fn watch(
                     ("admin", next.admin != current.admin),
                     ("node", next.node != current.node),
                     ("limits", next.limits != current.limits),
-                    (
-                        "cache.max_bytes",
-                        next.cache.max_bytes != current.cache.max_bytes,
-                    ),
+                    ("cache.max_bytes", next.cache.max_bytes != current.cache.max_bytes),
                 ] {
                     if changed {
-                        warn!(
-                            key = what,
-                            "config change needs a restart to take effect; the rest is applied now"
-                        );
+                        warn!(key = what, "config change needs a restart to take effect; the rest is applied now");
                     }
                 }
-                let removed = engine.reconfigure(&next);
-                for zone in removed {
-                    nodedns_upstream::UpstreamPool::close(&zone.pool.endpoints()).await;
-                }
-                engine
-                    .metrics
-                    .config_reloads
-                    .with_label_values(&["success"])
-                    .inc();
+                engine.reconfigure(&next);
+                engine.metrics.config_reloads.with_label_values(&["success"]).inc();
                 info!(path = %path.display(), zones = next.zones.len(), "config reloaded");
                 current = next;
             }
             Err(e) => {
-                engine
-                    .metrics
-                    .config_reloads
-                    .with_label_values(&["failure"])
-                    .inc();
+                engine.metrics.config_reloads.with_label_values(&["failure"]).inc();
                 error!(problems = %e, "config reload rejected; the previous config keeps serving");
             }
         }

@@ -71,13 +71,8 @@ impl From<io::Error> for QueryError {
 /// A recursive query (RD=1) for `name`/`rtype` with a random ID and no EDNS, ready to adjust
 /// (add an OPT with `set_edns`, change the ID) and send with [`exchange_udp`]/[`exchange_tcp`].
 pub fn new_query(name: &str, rtype: RecordType) -> Result<Message, QueryError> {
-    let fqdn = if name.ends_with('.') {
-        name.to_owned()
-    } else {
-        format!("{name}.")
-    };
-    let name = Name::from_ascii(&fqdn)
-        .map_err(|error| QueryError::InvalidName(format!("{fqdn:?}: {error}")))?;
+    let fqdn = if name.ends_with('.') { name.to_owned() } else { format!("{name}.") };
+    let name = Name::from_ascii(&fqdn).map_err(|error| QueryError::InvalidName(format!("{fqdn:?}: {error}")))?;
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
     query.add_query(Query::query(name, rtype));
@@ -85,38 +80,21 @@ pub fn new_query(name: &str, rtype: RecordType) -> Result<Message, QueryError> {
 }
 
 /// Sends one query over UDP and returns the first datagram the server sends back.
-pub fn query_udp(
-    server: SocketAddr,
-    name: &str,
-    rtype: RecordType,
-    timeout: Duration,
-) -> Result<Message, QueryError> {
+pub fn query_udp(server: SocketAddr, name: &str, rtype: RecordType, timeout: Duration) -> Result<Message, QueryError> {
     exchange_udp(server, &new_query(name, rtype)?, timeout)
 }
 
 /// Sends one query on a new TCP connection and returns the first reply on it.
-pub fn query_tcp(
-    server: SocketAddr,
-    name: &str,
-    rtype: RecordType,
-    timeout: Duration,
-) -> Result<Message, QueryError> {
+pub fn query_tcp(server: SocketAddr, name: &str, rtype: RecordType, timeout: Duration) -> Result<Message, QueryError> {
     exchange_tcp(server, &new_query(name, rtype)?, timeout)
 }
 
 /// Sends `query` as is over UDP and returns the first datagram the server sends back.
-pub fn exchange_udp(
-    server: SocketAddr,
-    query: &Message,
-    timeout: Duration,
-) -> Result<Message, QueryError> {
+pub fn exchange_udp(server: SocketAddr, query: &Message, timeout: Duration) -> Result<Message, QueryError> {
     let deadline = Instant::now() + timeout;
     let wire = encode(query)?;
-    let local: SocketAddr = if server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
+    let local: SocketAddr =
+        if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let socket = UdpSocket::bind(local)?;
     // Connected, so only the server's datagrams are received, and ICMP port-unreachable shows
     // up as `ConnectionRefused` instead of a timeout.
@@ -129,11 +107,7 @@ pub fn exchange_udp(
 }
 
 /// Sends `query` as is on a new TCP connection and returns the first reply on it.
-pub fn exchange_tcp(
-    server: SocketAddr,
-    query: &Message,
-    timeout: Duration,
-) -> Result<Message, QueryError> {
+pub fn exchange_tcp(server: SocketAddr, query: &Message, timeout: Duration) -> Result<Message, QueryError> {
     let deadline = Instant::now() + timeout;
     let mut stream = connect_tcp(server, deadline)?;
     write_framed(&mut stream, &encode(query)?, deadline)?;
@@ -179,9 +153,7 @@ pub fn query_tcp_pipelined(
 }
 
 fn encode(query: &Message) -> Result<Vec<u8>, QueryError> {
-    query
-        .to_vec()
-        .map_err(|error| QueryError::Encode(error.to_string()))
+    query.to_vec().map_err(|error| QueryError::Encode(error.to_string()))
 }
 
 fn decode(wire: &[u8]) -> Result<Message, QueryError> {
@@ -192,11 +164,7 @@ fn decode(wire: &[u8]) -> Result<Message, QueryError> {
 /// forever" to std.
 fn remaining(deadline: Instant) -> Result<Duration, QueryError> {
     let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(QueryError::TimedOut)
-    } else {
-        Ok(left)
-    }
+    if left.is_zero() { Err(QueryError::TimedOut) } else { Ok(left) }
 }
 
 fn connect_tcp(server: SocketAddr, deadline: Instant) -> Result<TcpStream, QueryError> {
@@ -215,11 +183,7 @@ fn framed(message: &[u8]) -> Result<Vec<u8>, QueryError> {
     Ok(framed)
 }
 
-fn write_framed(
-    stream: &mut TcpStream,
-    message: &[u8],
-    deadline: Instant,
-) -> Result<(), QueryError> {
+fn write_framed(stream: &mut TcpStream, message: &[u8], deadline: Instant) -> Result<(), QueryError> {
     stream.set_write_timeout(Some(remaining(deadline)?))?;
     stream.write_all(&framed(message)?)?;
     Ok(())
@@ -234,11 +198,7 @@ fn read_framed(stream: &mut TcpStream, deadline: Instant) -> Result<Message, Que
 }
 
 /// `read_exact` that gives up at `deadline` rather than after a per-read timeout.
-fn read_exact_by(
-    stream: &mut TcpStream,
-    buffer: &mut [u8],
-    deadline: Instant,
-) -> Result<(), QueryError> {
+fn read_exact_by(stream: &mut TcpStream, buffer: &mut [u8], deadline: Instant) -> Result<(), QueryError> {
     let mut filled = 0;
     while filled < buffer.len() {
         stream.set_read_timeout(Some(remaining(deadline)?))?;

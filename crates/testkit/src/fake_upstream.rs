@@ -95,8 +95,7 @@ impl FakeUpstream {
     /// If no loopback port can be bound, which leaves a test nothing to run against.
     pub fn start() -> Self {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::start_on(loopback)
-            .unwrap_or_else(|error| panic!("cannot start fake upstream on {loopback}: {error}"))
+        Self::start_on(loopback).unwrap_or_else(|error| panic!("cannot start fake upstream on {loopback}: {error}"))
     }
 
     /// Starts a fake upstream serving UDP and TCP on `addr`; with port 0, on a port the kernel
@@ -106,11 +105,7 @@ impl FakeUpstream {
         let addr = tcp.local_addr()?;
         let shared = Arc::new(Shared::default());
         let server = ServerThread::spawn(Arc::clone(&shared), tcp, udp)?;
-        Ok(Self {
-            addr,
-            shared,
-            server: Mutex::new(Some(server)),
-        })
+        Ok(Self { addr, shared, server: Mutex::new(Some(server)) })
     }
 
     /// The address UDP and TCP are served on.
@@ -146,10 +141,7 @@ impl FakeUpstream {
     ///
     /// Replaces any earlier answers for `name`.
     pub fn nxdomain(&self, name: &str, soa_ttl: u32, soa_minimum: u32) {
-        let timers = SoaTimers {
-            ttl: soa_ttl,
-            minimum: soa_minimum,
-        };
+        let timers = SoaTimers { ttl: soa_ttl, minimum: soa_minimum };
         self.shared.script.lock().set_nxdomain(name, timers);
     }
 
@@ -158,10 +150,7 @@ impl FakeUpstream {
     ///
     /// Replaces any earlier answer for `(name, rtype)` and any `nxdomain` for `name`.
     pub fn nodata(&self, name: &str, rtype: RecordType, soa_ttl: u32, soa_minimum: u32) {
-        let timers = SoaTimers {
-            ttl: soa_ttl,
-            minimum: soa_minimum,
-        };
+        let timers = SoaTimers { ttl: soa_ttl, minimum: soa_minimum };
         self.shared.script.lock().set_nodata(name, rtype, timers);
     }
 
@@ -170,10 +159,7 @@ impl FakeUpstream {
     /// with TTL `ttl` and MINIMUM `minimum`. Names outside every zone are denied with the root's
     /// SOA (30 s / 30 s until changed with `set_zone_soa(".", ..)`).
     pub fn set_zone_soa(&self, zone: &str, ttl: u32, minimum: u32) {
-        self.shared
-            .script
-            .lock()
-            .set_zone(zone, SoaTimers { ttl, minimum });
+        self.shared.script.lock().set_zone(zone, SoaTimers { ttl, minimum });
     }
 
     /// Sets how queries for `(name, rtype)` are treated, replacing the default behaviour for
@@ -184,10 +170,7 @@ impl FakeUpstream {
     /// If a [`Behaviour::DropFraction`] is outside 0.0..=1.0.
     pub fn behaviour(&self, name: &str, rtype: RecordType, behaviour: Behaviour) {
         behaviour.assert_valid();
-        self.shared
-            .script
-            .lock()
-            .set_behaviour(name, rtype, behaviour);
+        self.shared.script.lock().set_behaviour(name, rtype, behaviour);
     }
 
     /// Sets how queries without their own [`behaviour`](Self::behaviour) are treated.
@@ -232,12 +215,7 @@ impl FakeUpstream {
     /// How many logged queries asked for `(name, rtype)`, over either transport.
     pub fn query_count(&self, name: &str, rtype: RecordType) -> usize {
         let name = normalize_name(name);
-        self.shared
-            .log
-            .lock()
-            .iter()
-            .filter(|query| query.name == name && query.rtype == rtype)
-            .count()
+        self.shared.log.lock().iter().filter(|query| query.name == name && query.rtype == rtype).count()
     }
 
     /// How many TCP connections were accepted since start.

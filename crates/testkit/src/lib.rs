@@ -21,9 +21,7 @@ mod server;
 use std::time::{Duration, Instant};
 
 pub use behaviour::Behaviour;
-pub use client::{
-    QueryError, exchange_tcp, exchange_udp, new_query, query_tcp, query_tcp_pipelined, query_udp,
-};
+pub use client::{QueryError, exchange_tcp, exchange_udp, new_query, query_tcp, query_tcp_pipelined, query_udp};
 pub use fake_upstream::{FakeUpstream, LoggedQuery, Transport};
 pub use responder::ADVERTISED_UDP_PAYLOAD_BYTES;
 

@@ -35,12 +35,7 @@ pub(crate) enum Outcome {
 }
 
 /// Decides and builds the response to one received message.
-pub(crate) fn respond(
-    shared: &Shared,
-    wire: &[u8],
-    transport: Transport,
-    peer: SocketAddr,
-) -> Outcome {
+pub(crate) fn respond(shared: &Shared, wire: &[u8], transport: Transport, peer: SocketAddr) -> Outcome {
     let query = match Message::from_vec(wire) {
         Ok(query) => query,
         Err(_) => return answer_undecodable(wire),
@@ -65,20 +60,14 @@ pub(crate) fn respond(
 
     let (plan, resolution) = {
         let script = shared.script.lock();
-        (
-            script.behaviour_for(&name, rtype).plan(),
-            script.resolve(&name, rtype),
-        )
+        (script.behaviour_for(&name, rtype).plan(), script.resolve(&name, rtype))
     };
     if plan.drop_probability > 0.0 && rand::rng().random_bool(plan.drop_probability) {
         return Outcome::NoAnswer;
     }
     if plan.close_connection {
         if plan.close_once {
-            shared
-                .script
-                .lock()
-                .set_behaviour(&name, rtype, Behaviour::Answer);
+            shared.script.lock().set_behaviour(&name, rtype, Behaviour::Answer);
         }
         return match transport {
             Transport::Tcp => Outcome::CloseConnection,
@@ -110,11 +99,7 @@ fn respond_now(wire: Vec<u8>) -> Outcome {
 
 /// Sends `wire` after `delay`; an empty `wire` means no answer could be encoded at all.
 fn respond_after(delay: Duration, wire: Vec<u8>) -> Outcome {
-    if wire.is_empty() {
-        Outcome::NoAnswer
-    } else {
-        Outcome::Respond { delay, wire }
-    }
+    if wire.is_empty() { Outcome::NoAnswer } else { Outcome::Respond { delay, wire } }
 }
 
 /// A response to `query` with header flags set as a CoreDNS answer has them, and no sections.
@@ -143,21 +128,12 @@ fn error_response(query: &Message, rcode: ResponseCode) -> Vec<u8> {
     response.to_vec().unwrap_or_default()
 }
 
-fn build_response(
-    query: &Message,
-    question: &Query,
-    resolution: Resolution,
-    plan: &ResponsePlan,
-) -> Message {
+fn build_response(query: &Message, question: &Query, resolution: Resolution, plan: &ResponsePlan) -> Message {
     let mut response = response_skeleton(query);
     if plan.wrong_id {
         response.metadata.id = query.metadata.id.wrapping_add(1);
     }
-    let echoed_question = if plan.wrong_question {
-        wrong_question(question)
-    } else {
-        question.clone()
-    };
+    let echoed_question = if plan.wrong_question { wrong_question(question) } else { question.clone() };
     response.add_query(echoed_question);
 
     match (plan.error_rcode, resolution) {
@@ -187,9 +163,7 @@ fn wrong_question(question: &Query) -> Query {
     let wrong_label = Name::from_ascii("wrong").unwrap_or_else(|_| Name::root());
     // Prepending a label fails only if the name is already at the 255-byte limit; then the
     // root is still a different name.
-    let name = wrong_label
-        .append_domain(question.name())
-        .unwrap_or_else(|_| Name::root());
+    let name = wrong_label.append_domain(question.name()).unwrap_or_else(|_| Name::root());
     let mut wrong = question.clone();
     wrong.set_name(name);
     wrong
@@ -199,12 +173,7 @@ fn wrong_question(question: &Query) -> Query {
 /// payload size (512 bytes without EDNS, RFC 1035 §4.2.1; the OPT's size with it, RFC 6891
 /// §6.2.5). A truncated answer keeps the question and OPT and drops every record, so the client
 /// must retry over TCP. Over TCP the answer must fit the two-byte length prefix.
-fn encode_for(
-    query: &Message,
-    mut response: Message,
-    transport: Transport,
-    truncate_udp: bool,
-) -> Vec<u8> {
+fn encode_for(query: &Message, mut response: Message, transport: Transport, truncate_udp: bool) -> Vec<u8> {
     let Ok(wire) = response.to_vec() else {
         return error_response(query, ResponseCode::ServFail);
     };
@@ -222,7 +191,5 @@ fn encode_for(
     response.authorities.clear();
     response.additionals.clear();
     response.metadata.truncation = true;
-    response
-        .to_vec()
-        .unwrap_or_else(|_| error_response(query, ResponseCode::ServFail))
+    response.to_vec().unwrap_or_else(|_| error_response(query, ResponseCode::ServFail))
 }

@@ -19,11 +19,7 @@ pub(crate) const DEFAULT_ROOT_SOA_MINIMUM_SECS: u32 = 30;
 /// trailing dot; the root is `"."`.
 pub(crate) fn normalize_name(name: &str) -> String {
     let trimmed = name.strip_suffix('.').unwrap_or(name);
-    if trimmed.is_empty() {
-        ".".to_owned()
-    } else {
-        trimmed.to_ascii_lowercase()
-    }
+    if trimmed.is_empty() { ".".to_owned() } else { trimmed.to_ascii_lowercase() }
 }
 
 /// Parses a name given by a test (trailing dot optional) into a fully qualified [`Name`].
@@ -32,21 +28,13 @@ pub(crate) fn normalize_name(name: &str) -> String {
 ///
 /// If the name is not a valid domain name: the test's setup is wrong and cannot go on.
 pub(crate) fn parse_name(name: &str) -> Name {
-    let fqdn = if name.ends_with('.') {
-        name.to_owned()
-    } else {
-        format!("{name}.")
-    };
+    let fqdn = if name.ends_with('.') { name.to_owned() } else { format!("{name}.") };
     Name::from_ascii(&fqdn).unwrap_or_else(|error| panic!("invalid domain name {name:?}: {error}"))
 }
 
 /// Whether `name` is `zone` or lies below it (both normalized).
 fn is_in_zone(name: &str, zone: &str) -> bool {
-    zone == "."
-        || name == zone
-        || name
-            .strip_suffix(zone)
-            .is_some_and(|rest| rest.ends_with('.'))
+    zone == "." || name == zone || name.strip_suffix(zone).is_some_and(|rest| rest.ends_with('.'))
 }
 
 /// The TTL of an SOA record in a denial and its MINIMUM field; RFC 2308 §5 makes a cache keep the
@@ -96,10 +84,7 @@ pub(crate) struct Script {
 
 impl Default for Script {
     fn default() -> Self {
-        let root = SoaTimers {
-            ttl: DEFAULT_ROOT_SOA_TTL_SECS,
-            minimum: DEFAULT_ROOT_SOA_MINIMUM_SECS,
-        };
+        let root = SoaTimers { ttl: DEFAULT_ROOT_SOA_TTL_SECS, minimum: DEFAULT_ROOT_SOA_MINIMUM_SECS };
         Self {
             answers: HashMap::new(),
             nxdomains: HashMap::new(),
@@ -116,8 +101,7 @@ impl Script {
     pub(crate) fn set_records(&mut self, name: &str, rtype: RecordType, records: Vec<Record>) {
         let name = normalize_name(name);
         self.nxdomains.remove(&name);
-        self.answers
-            .insert((name, rtype), CannedAnswer::Records(records));
+        self.answers.insert((name, rtype), CannedAnswer::Records(records));
     }
 
     /// Makes `(name, rtype)` answer NODATA; the name now exists, so an earlier `nxdomain` for it
@@ -125,8 +109,7 @@ impl Script {
     pub(crate) fn set_nodata(&mut self, name: &str, rtype: RecordType, timers: SoaTimers) {
         let name = normalize_name(name);
         self.nxdomains.remove(&name);
-        self.answers
-            .insert((name, rtype), CannedAnswer::NoData(timers));
+        self.answers.insert((name, rtype), CannedAnswer::NoData(timers));
     }
 
     /// Makes `name` not exist for every type, forgetting any answers stored for it.
@@ -143,8 +126,7 @@ impl Script {
 
     /// Sets the behaviour of one question.
     pub(crate) fn set_behaviour(&mut self, name: &str, rtype: RecordType, behaviour: Behaviour) {
-        self.behaviours
-            .insert((normalize_name(name), rtype), behaviour);
+        self.behaviours.insert((normalize_name(name), rtype), behaviour);
     }
 
     /// Sets the behaviour of every question without its own.
@@ -154,9 +136,7 @@ impl Script {
 
     /// The behaviour for a question (`name` normalized).
     pub(crate) fn behaviour_for(&self, name: &str, rtype: RecordType) -> &Behaviour {
-        self.behaviours
-            .get(&(name.to_owned(), rtype))
-            .unwrap_or(&self.default_behaviour)
+        self.behaviours.get(&(name.to_owned(), rtype)).unwrap_or(&self.default_behaviour)
     }
 
     /// What the canned data answers for a question (`name` normalized).
@@ -164,9 +144,7 @@ impl Script {
         if let Some(answer) = self.answers.get(&(name.to_owned(), rtype)) {
             return match answer {
                 CannedAnswer::Records(records) => Resolution::Records(records.clone()),
-                CannedAnswer::NoData(timers) => {
-                    Resolution::NoData(soa_record(&self.denial_zone(name), *timers))
-                }
+                CannedAnswer::NoData(timers) => Resolution::NoData(soa_record(&self.denial_zone(name), *timers)),
             };
         }
         if let Some(timers) = self.nxdomains.get(name) {
@@ -174,20 +152,14 @@ impl Script {
         }
         let (zone, timers) = self.enclosing_zone(name);
         let soa = soa_record(zone, timers);
-        if self.name_exists(name) {
-            Resolution::NoData(soa)
-        } else {
-            Resolution::NxDomain(soa)
-        }
+        if self.name_exists(name) { Resolution::NoData(soa) } else { Resolution::NxDomain(soa) }
     }
 
     /// Whether `name` owns data, or is an empty non-terminal above a name that does: RFC 8020
     /// lets a cache deny a whole subtree on NXDOMAIN, so the fake must answer NODATA for
     /// `svc.cluster.local` when `a.ns.svc.cluster.local` exists, as a real server does.
     fn name_exists(&self, name: &str) -> bool {
-        self.answers
-            .keys()
-            .any(|(stored, _)| stored != "." && is_in_zone(stored, name))
+        self.answers.keys().any(|(stored, _)| stored != "." && is_in_zone(stored, name))
     }
 
     /// The deepest configured zone containing `name`, falling back to the root.
@@ -218,11 +190,7 @@ impl Script {
 
 /// Number of labels in a normalized name (the root has none).
 fn label_count(name: &str) -> usize {
-    if name == "." {
-        0
-    } else {
-        name.split('.').count()
-    }
+    if name == "." { 0 } else { name.split('.').count() }
 }
 
 /// The last `count` labels of a normalized name, or all of it if it has fewer.
@@ -239,17 +207,9 @@ fn last_labels(name: &str, count: usize) -> &str {
 /// Builds the SOA record of `zone` (normalized) carried in a denial's authority section.
 pub(crate) fn soa_record(zone: &str, timers: SoaTimers) -> Record {
     let (apex, mname, rname) = if zone == "." {
-        (
-            Name::root(),
-            parse_name("a.root-servers.net"),
-            parse_name("nstld.verisign-grs.com"),
-        )
+        (Name::root(), parse_name("a.root-servers.net"), parse_name("nstld.verisign-grs.com"))
     } else {
-        (
-            parse_name(zone),
-            parse_name(&format!("ns.dns.{zone}")),
-            parse_name(&format!("hostmaster.{zone}")),
-        )
+        (parse_name(zone), parse_name(&format!("ns.dns.{zone}")), parse_name(&format!("hostmaster.{zone}")))
     };
     // Serial and refresh timers are irrelevant to a resolver; the values are CoreDNS's.
     let soa = SOA::new(mname, rname, 1, 7200, 1800, 86400, timers.minimum);
@@ -262,18 +222,12 @@ pub(crate) fn soa_record(zone: &str, timers: SoaTimers) -> Record {
 /// # Panics
 ///
 /// If a datum does not parse as `rtype`: the test's setup is wrong and cannot go on.
-pub(crate) fn records_from_text(
-    name: &str,
-    rtype: RecordType,
-    data: &[&str],
-    ttl: u32,
-) -> Vec<Record> {
+pub(crate) fn records_from_text(name: &str, rtype: RecordType, data: &[&str], ttl: u32) -> Vec<Record> {
     let owner = parse_name(name);
     data.iter()
         .map(|datum| {
-            let rdata = RData::try_from_str(rtype, datum).unwrap_or_else(|error| {
-                panic!("invalid {rtype} data {datum:?} for {name}: {error}")
-            });
+            let rdata = RData::try_from_str(rtype, datum)
+                .unwrap_or_else(|error| panic!("invalid {rtype} data {datum:?} for {name}: {error}"));
             Record::from_rdata(owner.clone(), ttl, rdata)
         })
         .collect()
@@ -292,9 +246,7 @@ mod tests {
             Resolution::NoData(record) | Resolution::NxDomain(record) => record,
             Resolution::Records(records) => panic!("expected a denial, got {records:?}"),
         };
-        let RData::SOA(soa) = &record.data else {
-            panic!("expected an SOA, got {record:?}")
-        };
+        let RData::SOA(soa) = &record.data else { panic!("expected an SOA, got {record:?}") };
         (record.name.to_ascii(), record.ttl, soa.minimum)
     }
 
@@ -318,10 +270,7 @@ mod tests {
     fn explicit_denial_zone_is_last_two_labels_unless_configured() {
         let mut script = Script::default();
         script.set_nxdomain("x.ns.svc.cluster.local.", timers(10, 5));
-        assert!(matches!(
-            script.resolve("x.ns.svc.cluster.local", RecordType::A),
-            Resolution::NxDomain(_)
-        ));
+        assert!(matches!(script.resolve("x.ns.svc.cluster.local", RecordType::A), Resolution::NxDomain(_)));
         assert_eq!(
             soa_of(script.resolve("x.ns.svc.cluster.local", RecordType::AAAA)),
             ("cluster.local.".to_owned(), 10, 5)
@@ -338,11 +287,7 @@ mod tests {
         let mut script = Script::default();
         assert_eq!(
             soa_of(script.resolve("nowhere.example", RecordType::A)),
-            (
-                ".".to_owned(),
-                DEFAULT_ROOT_SOA_TTL_SECS,
-                DEFAULT_ROOT_SOA_MINIMUM_SECS
-            )
+            (".".to_owned(), DEFAULT_ROOT_SOA_TTL_SECS, DEFAULT_ROOT_SOA_MINIMUM_SECS)
         );
         script.set_zone("cluster.local", timers(5, 30));
         script.set_zone("svc.cluster.local", timers(6, 31));
@@ -350,10 +295,7 @@ mod tests {
             soa_of(script.resolve("a.b.svc.cluster.local", RecordType::A)),
             ("svc.cluster.local.".to_owned(), 6, 31)
         );
-        assert_eq!(
-            soa_of(script.resolve("pod.cluster.local", RecordType::A)),
-            ("cluster.local.".to_owned(), 5, 30)
-        );
+        assert_eq!(soa_of(script.resolve("pod.cluster.local", RecordType::A)), ("cluster.local.".to_owned(), 5, 30));
     }
 
     #[test]
@@ -361,18 +303,9 @@ mod tests {
         let mut script = Script::default();
         let records = records_from_text("a.ns.svc.cluster.local", RecordType::A, &["10.0.0.1"], 30);
         script.set_records("a.ns.svc.cluster.local", RecordType::A, records);
-        assert!(matches!(
-            script.resolve("a.ns.svc.cluster.local", RecordType::AAAA),
-            Resolution::NoData(_)
-        ));
-        assert!(matches!(
-            script.resolve("svc.cluster.local", RecordType::A),
-            Resolution::NoData(_)
-        ));
-        assert!(matches!(
-            script.resolve("b.ns.svc.cluster.local", RecordType::A),
-            Resolution::NxDomain(_)
-        ));
+        assert!(matches!(script.resolve("a.ns.svc.cluster.local", RecordType::AAAA), Resolution::NoData(_)));
+        assert!(matches!(script.resolve("svc.cluster.local", RecordType::A), Resolution::NoData(_)));
+        assert!(matches!(script.resolve("b.ns.svc.cluster.local", RecordType::A), Resolution::NxDomain(_)));
     }
 
     #[test]
@@ -381,15 +314,9 @@ mod tests {
         let records = records_from_text("a.example", RecordType::A, &["10.0.0.1"], 30);
         script.set_records("a.example", RecordType::A, records.clone());
         script.set_nxdomain("A.example.", timers(1, 1));
-        assert!(matches!(
-            script.resolve("a.example", RecordType::A),
-            Resolution::NxDomain(_)
-        ));
+        assert!(matches!(script.resolve("a.example", RecordType::A), Resolution::NxDomain(_)));
         script.set_records("a.example", RecordType::A, records);
-        assert!(matches!(
-            script.resolve("a.example", RecordType::A),
-            Resolution::Records(_)
-        ));
+        assert!(matches!(script.resolve("a.example", RecordType::A), Resolution::Records(_)));
     }
 
     #[test]

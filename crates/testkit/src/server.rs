@@ -55,11 +55,7 @@ impl std::fmt::Debug for UdpCommand {
 
 impl ServerThread {
     /// Starts the thread serving on the already bound sockets; returns once it serves.
-    pub(crate) fn spawn(
-        shared: Arc<Shared>,
-        tcp: std::net::TcpListener,
-        udp: std::net::UdpSocket,
-    ) -> io::Result<Self> {
+    pub(crate) fn spawn(shared: Arc<Shared>, tcp: std::net::TcpListener, udp: std::net::UdpSocket) -> io::Result<Self> {
         // tokio requires non-blocking sockets when adopting std ones.
         tcp.set_nonblocking(true)?;
         udp.set_nonblocking(true)?;
@@ -67,52 +63,39 @@ impl ServerThread {
         let (shutdown, shutdown_received) = oneshot::channel();
         let (udp_commands, udp_commands_received) = mpsc::unbounded_channel();
         let (ready, ready_received) = std_mpsc::channel::<io::Result<()>>();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-upstream-{port}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
+        let thread = std::thread::Builder::new().name(format!("fake-upstream-{port}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // Adopting std sockets needs the runtime's reactor, hence inside block_on.
+                let sockets = TcpListener::from_std(tcp).and_then(|tcp| Ok((tcp, UdpSocket::from_std(udp)?)));
+                let (tcp, udp) = match sockets {
+                    Ok(sockets) => sockets,
                     Err(error) => {
                         let _ = ready.send(Err(error));
                         return;
                     }
                 };
-                runtime.block_on(async move {
-                    // Adopting std sockets needs the runtime's reactor, hence inside block_on.
-                    let sockets = TcpListener::from_std(tcp)
-                        .and_then(|tcp| Ok((tcp, UdpSocket::from_std(udp)?)));
-                    let (tcp, udp) = match sockets {
-                        Ok(sockets) => sockets,
-                        Err(error) => {
-                            let _ = ready.send(Err(error));
-                            return;
-                        }
-                    };
-                    let _ = ready.send(Ok(()));
-                    tokio::select! {
-                        _ = shutdown_received => {}
-                        () = serve_udp(Arc::clone(&shared), udp, udp_commands_received) => {}
-                        () = accept_tcp(shared, tcp) => {}
-                    }
-                });
-                // Dropping the runtime here, on this thread, cancels every connection and
-                // delayed-answer task, which closes their sockets before `stop` returns.
-                drop(runtime);
-            })?;
+                let _ = ready.send(Ok(()));
+                tokio::select! {
+                    _ = shutdown_received => {}
+                    () = serve_udp(Arc::clone(&shared), udp, udp_commands_received) => {}
+                    () = accept_tcp(shared, tcp) => {}
+                }
+            });
+            // Dropping the runtime here, on this thread, cancels every connection and
+            // delayed-answer task, which closes their sockets before `stop` returns.
+            drop(runtime);
+        })?;
         match ready_received.recv() {
-            Ok(Ok(())) => Ok(Self {
-                shutdown,
-                udp_commands,
-                udp_enabled: true,
-                thread,
-            }),
+            Ok(Ok(())) => Ok(Self { shutdown, udp_commands, udp_enabled: true, thread }),
             Ok(Err(error)) => Err(error),
-            Err(_) => Err(io::Error::other(
-                "fake upstream thread exited before serving",
-            )),
+            Err(_) => Err(io::Error::other("fake upstream thread exited before serving")),
         }
     }
 
@@ -128,15 +111,9 @@ impl ServerThread {
         if enabled {
             let socket = std::net::UdpSocket::bind(addr)
                 .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
-                .unwrap_or_else(|error| {
-                    panic!("cannot bind fake upstream UDP on {addr} again: {error}")
-                });
+                .unwrap_or_else(|error| panic!("cannot bind fake upstream UDP on {addr} again: {error}"));
             let (ack, acked) = std_mpsc::channel();
-            if self
-                .udp_commands
-                .send(UdpCommand::Open(socket, ack))
-                .is_err()
-            {
+            if self.udp_commands.send(UdpCommand::Open(socket, ack)).is_err() {
                 return;
             }
             match acked.recv_timeout(timeout) {
@@ -176,11 +153,7 @@ impl ServerThread {
 }
 
 /// Serves UDP until the handle goes away, closing and reopening the socket on command.
-async fn serve_udp(
-    shared: Arc<Shared>,
-    socket: UdpSocket,
-    mut commands: mpsc::UnboundedReceiver<UdpCommand>,
-) {
+async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<UdpCommand>) {
     let mut socket = Some(Arc::new(socket));
     // Answers waiting out a `Delay`; each holds the socket, so they are aborted on close.
     let mut delayed = JoinSet::new();
@@ -224,10 +197,7 @@ async fn serve_udp(
 }
 
 /// Receives from `socket`, or waits forever while UDP is closed.
-async fn recv_from(
-    socket: Option<&UdpSocket>,
-    buffer: &mut [u8],
-) -> io::Result<(usize, SocketAddr)> {
+async fn recv_from(socket: Option<&UdpSocket>, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
     match socket {
         Some(socket) => socket.recv_from(buffer).await,
         None => std::future::pending().await,
@@ -239,9 +209,7 @@ async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                shared
-                    .tcp_connections_accepted
-                    .fetch_add(1, Ordering::SeqCst);
+                shared.tcp_connections_accepted.fetch_add(1, Ordering::SeqCst);
                 // Counted before the task starts so the count is right as soon as accept is.
                 let open = OpenConnection::count(Arc::clone(&shared));
                 tokio::spawn(serve_tcp_connection(shared.clone(), stream, peer, open));
@@ -271,12 +239,7 @@ impl Drop for OpenConnection {
 /// Serves one TCP connection: any number of pipelined queries (RFC 7766 §6.2.1.1), each answered
 /// as soon as its own delay has passed, so answers go out of order when delays differ. When the
 /// client stops sending, pending answers are still delivered before closing.
-async fn serve_tcp_connection(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    _open: OpenConnection,
-) {
+async fn serve_tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, _open: OpenConnection) {
     // Each answer is written with one call; without NODELAY a second small answer can wait for
     // the client's delayed ACK.
     let _ = stream.set_nodelay(true);

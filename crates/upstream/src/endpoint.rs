@@ -7,9 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// Kinds of upstream failure, used as the `kind` metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,22 +85,14 @@ impl EndpointStats {
         let micros = d.as_micros().min(u64::MAX as u128) as u64;
         self.latency_sum_micros.fetch_add(micros, Relaxed);
         let old = self.ewma_micros.load(Relaxed);
-        let new = if old == 0 {
-            micros
-        } else {
-            (old * 7 + micros) / 8
-        };
+        let new = if old == 0 { micros } else { (old * 7 + micros) / 8 };
         self.ewma_micros.store(new, Relaxed);
     }
 
     /// Cumulative bucket counts (Prometheus `le` semantics), count and sum in seconds.
     pub fn latency(&self) -> ([u64; LATENCY_BUCKETS.len()], u64, f64) {
         let buckets = std::array::from_fn(|i| self.latency_buckets[i].load(Relaxed));
-        (
-            buckets,
-            self.latency_count.load(Relaxed),
-            self.latency_sum_micros.load(Relaxed) as f64 / 1e6,
-        )
+        (buckets, self.latency_count.load(Relaxed), self.latency_sum_micros.load(Relaxed) as f64 / 1e6)
     }
 }
 
@@ -126,11 +116,7 @@ pub struct EjectionPolicy {
 
 impl Default for EjectionPolicy {
     fn default() -> Self {
-        Self {
-            consecutive_failures: 3,
-            base_backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(60),
-        }
+        Self { consecutive_failures: 3, base_backoff: Duration::from_secs(2), max_backoff: Duration::from_secs(60) }
     }
 }
 
@@ -174,11 +160,7 @@ impl Endpoint {
 
     pub fn health(&self) -> Health {
         let until = self.ejected_until_ms.load(Relaxed);
-        if until != 0 && self.now_ms() < until {
-            Health::Ejected
-        } else {
-            Health::Healthy
-        }
+        if until != 0 && self.now_ms() < until { Health::Ejected } else { Health::Healthy }
     }
 
     /// Records a success; an endpoint on probation after ejection is fully re-admitted.
@@ -201,19 +183,12 @@ impl Endpoint {
             return None;
         }
         let n = self.ejections_in_a_row.fetch_add(1, Relaxed).min(16);
-        let backoff = policy
-            .base_backoff
-            .saturating_mul(1 << n)
-            .min(policy.max_backoff);
-        self.ejected_until_ms
-            .store(self.now_ms() + backoff.as_millis() as u64, Relaxed);
+        let backoff = policy.base_backoff.saturating_mul(1 << n).min(policy.max_backoff);
+        self.ejected_until_ms.store(self.now_ms() + backoff.as_millis() as u64, Relaxed);
         // After the backoff it gets one query on probation: one more failure re-ejects it.
-        self.consecutive_failures
-            .store(policy.consecutive_failures.saturating_sub(1), Relaxed);
+        self.consecutive_failures.store(policy.consecutive_failures.saturating_sub(1), Relaxed);
         self.ejections.fetch_add(1, Relaxed);
-        Some(HealthChange::Ejected {
-            for_duration: backoff,
-        })
+        Some(HealthChange::Ejected { for_duration: backoff })
     }
 
     /// Selection cost: in-flight queries weighted by mean latency (lower is better).
@@ -236,9 +211,7 @@ mod tests {
         assert_eq!(e.record_failure(ErrorKind::Timeout, &p), None);
         assert_eq!(
             e.record_failure(ErrorKind::Timeout, &p),
-            Some(HealthChange::Ejected {
-                for_duration: Duration::from_secs(2)
-            })
+            Some(HealthChange::Ejected { for_duration: Duration::from_secs(2) })
         );
         assert_eq!(e.health(), Health::Ejected);
         tokio::time::advance(Duration::from_millis(2100)).await;
@@ -246,15 +219,10 @@ mod tests {
         // On probation: one failure re-ejects, with a doubled backoff.
         assert_eq!(
             e.record_failure(ErrorKind::Timeout, &p),
-            Some(HealthChange::Ejected {
-                for_duration: Duration::from_secs(4)
-            })
+            Some(HealthChange::Ejected { for_duration: Duration::from_secs(4) })
         );
         tokio::time::advance(Duration::from_millis(4100)).await;
-        assert_eq!(
-            e.record_success(Duration::from_millis(1)),
-            Some(HealthChange::Readmitted)
-        );
+        assert_eq!(e.record_success(Duration::from_millis(1)), Some(HealthChange::Readmitted));
         assert_eq!(e.health(), Health::Healthy);
         assert_eq!(e.stats.error(ErrorKind::Timeout), 4);
         assert_eq!(e.ejections.load(Relaxed), 2);

@@ -16,10 +16,8 @@ mod pool;
 mod tcp;
 mod udp;
 
-pub use endpoint::{
-    EjectionPolicy, Endpoint, EndpointStats, ErrorKind, Health, HealthChange, LATENCY_BUCKETS,
-};
-pub use pool::{EndpointState, PoolConfig, Resolved, Transport, UpstreamError, UpstreamPool};
+pub use endpoint::{EjectionPolicy, Endpoint, EndpointStats, ErrorKind, Health, HealthChange, LATENCY_BUCKETS};
+pub use pool::{EndpointRegistry, EndpointState, PoolConfig, Resolved, Transport, UpstreamError, UpstreamPool};
 
 use nodedns_cache::LowerName;
 use nodedns_wire::UpstreamQuestion;
@@ -38,8 +36,7 @@ impl OwnedQuestion {
     pub fn as_question(&self) -> UpstreamQuestion<'_> {
         UpstreamQuestion {
             // Built only from a validated `LowerName`, so this cannot fail.
-            name: LowerName::new(&self.name)
-                .unwrap_or_else(|_| unreachable!("validated on construction")),
+            name: LowerName::new(&self.name).unwrap_or_else(|_| unreachable!("validated on construction")),
             qtype: self.qtype,
             qclass: self.qclass,
             dnssec_ok: self.dnssec_ok,

@@ -75,20 +75,56 @@ pub struct Resolved {
     pub endpoint: SocketAddr,
 }
 
+/// Endpoint states shared by every pool that uses the same address: each upstream address gets
+/// one set of persistent connections (and one health state) however many zones forward to it.
+#[derive(Default)]
+pub struct EndpointRegistry {
+    states: parking_lot::Mutex<std::collections::HashMap<SocketAddr, std::sync::Weak<EndpointState>>>,
+}
+
+impl EndpointRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The state for `addr`, created with `config`'s connection settings if no pool holds it.
+    pub fn get(&self, addr: SocketAddr, config: &PoolConfig) -> Arc<EndpointState> {
+        let mut states = self.states.lock();
+        if let Some(s) = states.get(&addr).and_then(|w| w.upgrade()) {
+            return s;
+        }
+        states.retain(|_, w| w.strong_count() > 0);
+        let s = Arc::new(EndpointState {
+            endpoint: Arc::new(Endpoint::new(addr)),
+            tcp: TcpPool::new(config.tcp_connections, config.query_timeout, config.max_pending_per_connection),
+        });
+        states.insert(addr, Arc::downgrade(&s));
+        s
+    }
+}
+
 /// The upstreams of one zone.
 pub struct UpstreamPool {
     endpoints: RwLock<Arc<[Arc<EndpointState>]>>,
     /// Used only when every endpoint is ejected (the fixed Service address behind discovered
     /// pod endpoints).
     fallback: RwLock<Arc<[Arc<EndpointState>]>>,
+    registry: Arc<EndpointRegistry>,
     config: PoolConfig,
 }
 
 impl UpstreamPool {
+    /// A pool with endpoints of its own (not shared with other pools).
     pub fn new(addrs: &[SocketAddr], config: PoolConfig) -> Self {
+        Self::with_registry(addrs, config, EndpointRegistry::new())
+    }
+
+    /// A pool whose endpoint states come from (and are shared through) `registry`.
+    pub fn with_registry(addrs: &[SocketAddr], config: PoolConfig, registry: Arc<EndpointRegistry>) -> Self {
         let pool = Self {
             endpoints: RwLock::new(Arc::from(Vec::new())),
             fallback: RwLock::new(Arc::from(Vec::new())),
+            registry,
             config,
         };
         pool.set_endpoints(addrs);
@@ -106,24 +142,13 @@ impl UpstreamPool {
         let old = guard.clone();
         let mut next = Vec::with_capacity(addrs.len());
         for addr in addrs {
-            if next
-                .iter()
-                .any(|e: &Arc<EndpointState>| e.endpoint.addr == *addr)
-            {
+            if next.iter().any(|e: &Arc<EndpointState>| e.endpoint.addr == *addr) {
                 continue;
             }
-            let state = old
-                .iter()
-                .find(|e| e.endpoint.addr == *addr)
-                .cloned()
-                .unwrap_or_else(|| self.new_state(*addr));
+            let state = old.iter().find(|e| e.endpoint.addr == *addr).cloned().unwrap_or_else(|| self.new_state(*addr));
             next.push(state);
         }
-        let removed = old
-            .iter()
-            .filter(|e| !addrs.contains(&e.endpoint.addr))
-            .cloned()
-            .collect();
+        let removed = old.iter().filter(|e| !addrs.contains(&e.endpoint.addr)).cloned().collect();
         *guard = Arc::from(next);
         removed
     }
@@ -137,25 +162,13 @@ impl UpstreamPool {
         let old = self.fallback.read().clone();
         let next: Vec<Arc<EndpointState>> = addrs
             .iter()
-            .map(|a| {
-                old.iter()
-                    .find(|e| e.endpoint.addr == *a)
-                    .cloned()
-                    .unwrap_or_else(|| self.new_state(*a))
-            })
+            .map(|a| old.iter().find(|e| e.endpoint.addr == *a).cloned().unwrap_or_else(|| self.new_state(*a)))
             .collect();
         *self.fallback.write() = Arc::from(next);
     }
 
     fn new_state(&self, addr: SocketAddr) -> Arc<EndpointState> {
-        Arc::new(EndpointState {
-            endpoint: Arc::new(Endpoint::new(addr)),
-            tcp: TcpPool::new(
-                self.config.tcp_connections,
-                self.config.query_timeout,
-                self.config.max_pending_per_connection,
-            ),
-        })
+        self.registry.get(addr, &self.config)
     }
 
     /// Opens the persistent TCP connections of every endpoint.
@@ -177,19 +190,10 @@ impl UpstreamPool {
     /// Power of two choices among healthy, untried endpoints; falls back to ejected ones when
     /// no healthy one is left, so a zone never stops trying entirely.
     fn pick(&self, endpoints: &[Arc<EndpointState>], tried: &[usize]) -> Option<usize> {
-        let candidates: Vec<usize> = (0..endpoints.len())
-            .filter(|i| !tried.contains(i))
-            .collect();
-        let healthy: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| endpoints[i].endpoint.health() == Health::Healthy)
-            .collect();
-        let pool = if healthy.is_empty() {
-            &candidates
-        } else {
-            &healthy
-        };
+        let candidates: Vec<usize> = (0..endpoints.len()).filter(|i| !tried.contains(i)).collect();
+        let healthy: Vec<usize> =
+            candidates.iter().copied().filter(|&i| endpoints[i].endpoint.health() == Health::Healthy).collect();
+        let pool = if healthy.is_empty() { &candidates } else { &healthy };
         match pool.len() {
             0 => None,
             1 => Some(pool[0]),
@@ -199,10 +203,7 @@ impl UpstreamPool {
                 if a == b {
                     b = pool[(pool.iter().position(|&x| x == a).unwrap_or(0) + 1) % n];
                 }
-                let (sa, sb) = (
-                    endpoints[a].endpoint.load_score(),
-                    endpoints[b].endpoint.load_score(),
-                );
+                let (sa, sb) = (endpoints[a].endpoint.load_score(), endpoints[b].endpoint.load_score());
                 Some(if sa <= sb { a } else { b })
             }
         }
@@ -210,18 +211,10 @@ impl UpstreamPool {
 
     /// Resolves one question: tries up to `max_attempts` endpoints, each within
     /// `query_timeout`; a UDP answer with TC is retried over TCP on the same endpoint.
-    pub async fn resolve(
-        &self,
-        q: &UpstreamQuestion<'_>,
-        bailiwick: &Name,
-    ) -> Result<Resolved, UpstreamError> {
+    pub async fn resolve(&self, q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result<Resolved, UpstreamError> {
         let mut endpoints = self.endpoints();
         let fallback = self.fallback.read().clone();
-        if !fallback.is_empty()
-            && endpoints
-                .iter()
-                .all(|e| e.endpoint.health() == Health::Ejected)
-        {
+        if !fallback.is_empty() && endpoints.iter().all(|e| e.endpoint.health() == Health::Ejected) {
             endpoints = fallback;
         }
         if endpoints.is_empty() {
@@ -229,10 +222,7 @@ impl UpstreamPool {
         }
         let attempts = self.config.max_attempts.max(1);
         let mut tried = Vec::with_capacity(attempts);
-        let mut last = UpstreamError::Failed {
-            last: ErrorKind::Timeout,
-            rcode: None,
-        };
+        let mut last = UpstreamError::Failed { last: ErrorKind::Timeout, rcode: None };
         for _ in 0..attempts {
             if tried.len() == endpoints.len() {
                 // Fewer endpoints than attempts: try them again (a closed connection is re-opened).
@@ -245,10 +235,7 @@ impl UpstreamPool {
             let state = &endpoints[i];
             match self.attempt(state, q, bailiwick).await {
                 Ok(answer) => {
-                    return Ok(Resolved {
-                        answer,
-                        endpoint: state.endpoint.addr,
-                    });
+                    return Ok(Resolved { answer, endpoint: state.endpoint.addr });
                 }
                 Err((kind, rcode)) => {
                     last = UpstreamError::Failed { last: kind, rcode };
@@ -305,22 +292,13 @@ impl UpstreamPool {
         let mut use_tcp = self.config.transport == Transport::Tcp;
         loop {
             let resp = if use_tcp {
-                let conn = state
-                    .tcp
-                    .conn(&state.endpoint)
-                    .await
-                    .map_err(|k| (k, None))?;
+                let conn = state.tcp.conn(&state.endpoint).await.map_err(|k| (k, None))?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 match conn.exchange(q, left).await {
                     // The connection died under the query: once more on a fresh one.
                     Err(ErrorKind::Closed) if Instant::now() < deadline => {
-                        let conn = state
-                            .tcp
-                            .conn(&state.endpoint)
-                            .await
-                            .map_err(|k| (k, None))?;
-                        conn.exchange(q, deadline.saturating_duration_since(Instant::now()))
-                            .await
+                        let conn = state.tcp.conn(&state.endpoint).await.map_err(|k| (k, None))?;
+                        conn.exchange(q, deadline.saturating_duration_since(Instant::now())).await
                     }
                     other => other,
                 }
@@ -339,14 +317,5 @@ impl UpstreamPool {
                 Err(_) => return Err((ErrorKind::Malformed, None)),
             }
         }
-    }
-}
-
-impl UpstreamPool {
-    /// Takes over the endpoint states of `from` (a pool being replaced by a config reload),
-    /// then narrows them to `addrs`; returns the endpoints dropped, for the caller to close.
-    pub fn adopt(&self, from: &UpstreamPool, addrs: &[SocketAddr]) -> Vec<Arc<EndpointState>> {
-        *self.endpoints.write() = from.endpoints();
-        self.set_endpoints(addrs)
     }
 }

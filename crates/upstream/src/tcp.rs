@@ -38,11 +38,7 @@ pub(crate) struct TcpConn {
 }
 
 impl TcpConn {
-    async fn connect(
-        endpoint: &Arc<Endpoint>,
-        timeout: Duration,
-        max_pending: usize,
-    ) -> Result<Arc<Self>, ErrorKind> {
+    async fn connect(endpoint: &Arc<Endpoint>, timeout: Duration, max_pending: usize) -> Result<Arc<Self>, ErrorKind> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(_)) => return Err(ErrorKind::Connect),
@@ -82,11 +78,7 @@ impl TcpConn {
     }
 
     /// Sends one query and waits for its response, at most `timeout`.
-    pub(crate) async fn exchange(
-        &self,
-        q: &UpstreamQuestion<'_>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, ErrorKind> {
+    pub(crate) async fn exchange(&self, q: &UpstreamQuestion<'_>, timeout: Duration) -> Result<Vec<u8>, ErrorKind> {
         if !self.is_usable() {
             return Err(ErrorKind::Closed);
         }
@@ -101,13 +93,7 @@ impl TcpConn {
             while pending.contains_key(&id) {
                 id = id.wrapping_add(rand::random::<u16>() | 1);
             }
-            pending.insert(
-                id,
-                Pending {
-                    question: OwnedQuestion::from(q),
-                    reply: tx,
-                },
-            );
+            pending.insert(id, Pending { question: OwnedQuestion::from(q), reply: tx });
             id
         };
         let mut frame = Vec::with_capacity(2 + 64 + q.name.as_wire().len());
@@ -219,9 +205,7 @@ const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 impl TcpPool {
     pub(crate) fn new(size: usize, connect_timeout: Duration, max_pending: usize) -> Self {
         Self {
-            slots: (0..size.max(1))
-                .map(|_| tokio::sync::Mutex::new(Slot::default()))
-                .collect(),
+            slots: (0..size.max(1)).map(|_| tokio::sync::Mutex::new(Slot::default())).collect(),
             next: AtomicUsize::new(0),
             connect_timeout,
             max_pending,
@@ -240,10 +224,7 @@ impl TcpPool {
             let slot = self.slots[idx].lock().await;
             match &slot.conn {
                 Some(c) if c.is_usable() => {
-                    if best
-                        .as_ref()
-                        .is_none_or(|b| c.pending_len() < b.pending_len())
-                    {
+                    if best.as_ref().is_none_or(|b| c.pending_len() < b.pending_len()) {
                         best = Some(c.clone());
                     }
                 }
@@ -252,24 +233,24 @@ impl TcpPool {
                 }
             }
         }
-        if let Some(b) = &best {
-            if b.pending_len() == 0 || empty_slot.is_none() {
-                return Ok(b.clone());
-            }
+        if let Some(b) = &best
+            && (b.pending_len() == 0 || empty_slot.is_none())
+        {
+            return Ok(b.clone());
         }
         let Some(idx) = empty_slot else {
             return best.ok_or(ErrorKind::Connect);
         };
         let mut slot = self.slots[idx].lock().await;
-        if let Some(c) = &slot.conn {
-            if c.is_usable() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = &slot.conn
+            && c.is_usable()
+        {
+            return Ok(c.clone());
         }
-        if let Some(after) = slot.retry_after {
-            if Instant::now() < after {
-                return best.ok_or(ErrorKind::Connect);
-            }
+        if let Some(after) = slot.retry_after
+            && Instant::now() < after
+        {
+            return best.ok_or(ErrorKind::Connect);
         }
         match TcpConn::connect(endpoint, self.connect_timeout, self.max_pending).await {
             Ok(c) => {
@@ -281,9 +262,8 @@ impl TcpPool {
             Err(e) => {
                 slot.conn = None;
                 slot.failures = slot.failures.saturating_add(1);
-                let backoff = MIN_RECONNECT_BACKOFF
-                    .saturating_mul(1 << slot.failures.min(10))
-                    .min(MAX_RECONNECT_BACKOFF);
+                let backoff =
+                    MIN_RECONNECT_BACKOFF.saturating_mul(1 << slot.failures.min(10)).min(MAX_RECONNECT_BACKOFF);
                 slot.retry_after = Some(Instant::now() + backoff);
                 best.ok_or(e)
             }
@@ -294,12 +274,10 @@ impl TcpPool {
     pub(crate) async fn warm(&self, endpoint: &Arc<Endpoint>) {
         for slot in &self.slots {
             let mut slot = slot.lock().await;
-            if slot.conn.as_ref().is_none_or(|c| !c.is_usable()) {
-                if let Ok(c) =
-                    TcpConn::connect(endpoint, self.connect_timeout, self.max_pending).await
-                {
-                    slot.conn = Some(c);
-                }
+            if slot.conn.as_ref().is_none_or(|c| !c.is_usable())
+                && let Ok(c) = TcpConn::connect(endpoint, self.connect_timeout, self.max_pending).await
+            {
+                slot.conn = Some(c);
             }
         }
     }
@@ -308,6 +286,20 @@ impl TcpPool {
     pub(crate) async fn close_all(&self) {
         for slot in &self.slots {
             if let Some(c) = slot.lock().await.conn.take() {
+                c.close();
+            }
+        }
+    }
+}
+
+impl Drop for TcpPool {
+    /// The last pool using an endpoint is gone (zone removed, endpoint no longer discovered):
+    /// close its connections instead of leaving them to the peer's idle timeout.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if let Ok(mut s) = slot.try_lock()
+                && let Some(c) = s.conn.take()
+            {
                 c.close();
             }
         }

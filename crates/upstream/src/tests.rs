@@ -22,13 +22,7 @@ fn wire(name: &str) -> Vec<u8> {
 }
 
 fn q(w: &[u8], qtype: u16) -> UpstreamQuestion<'_> {
-    UpstreamQuestion {
-        name: LowerName::new(w).unwrap(),
-        qtype,
-        qclass: 1,
-        dnssec_ok: false,
-        checking_disabled: false,
-    }
+    UpstreamQuestion { name: LowerName::new(w).unwrap(), qtype, qclass: 1, dnssec_ok: false, checking_disabled: false }
 }
 
 fn pool(addrs: &[SocketAddr], transport: Transport, conns: usize) -> Arc<UpstreamPool> {
@@ -71,11 +65,7 @@ async fn answers_arrive_out_of_order() {
     let up = FakeUpstream::start();
     up.answer("slow.example", RecordType::A, &["10.0.0.1"], 30);
     up.answer("fast.example", RecordType::A, &["10.0.0.2"], 30);
-    up.behaviour(
-        "slow.example",
-        RecordType::A,
-        Behaviour::Delay(Duration::from_millis(400)),
-    );
+    up.behaviour("slow.example", RecordType::A, Behaviour::Delay(Duration::from_millis(400)));
     let p = pool(&[up.addr()], Transport::Tcp, 1);
     let p2 = p.clone();
     let slow = tokio::spawn(async move {
@@ -89,10 +79,7 @@ async fn answers_arrive_out_of_order() {
     let fast_done = tokio::time::Instant::now();
     let (ok, slow_done) = slow.await.unwrap();
     assert!(ok);
-    assert!(
-        fast_done < slow_done,
-        "the fast answer was not held behind the slow one"
-    );
+    assert!(fast_done < slow_done, "the fast answer was not held behind the slow one");
     assert_eq!(up.tcp_connections_accepted(), 1);
 }
 
@@ -100,16 +87,8 @@ async fn answers_arrive_out_of_order() {
 async fn queries_on_a_closed_connection_are_retried_on_a_new_one() {
     let up = FakeUpstream::start();
     up.answer("pending.example", RecordType::A, &["10.0.0.1"], 30);
-    up.behaviour(
-        "pending.example",
-        RecordType::A,
-        Behaviour::Delay(Duration::from_millis(200)),
-    );
-    up.behaviour(
-        "killer.example",
-        RecordType::A,
-        Behaviour::CloseConnectionOnce,
-    );
+    up.behaviour("pending.example", RecordType::A, Behaviour::Delay(Duration::from_millis(200)));
+    up.behaviour("killer.example", RecordType::A, Behaviour::CloseConnectionOnce);
     let p = pool(&[up.addr()], Transport::Tcp, 1);
     let p2 = p.clone();
     let pending = tokio::spawn(async move {
@@ -119,10 +98,7 @@ async fn queries_on_a_closed_connection_are_retried_on_a_new_one() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let w = wire("killer.example");
     let killer = p.resolve(&q(&w, 1), &Name::root()).await;
-    assert!(
-        killer.is_ok(),
-        "the killer's own retry is answered: {killer:?}"
-    );
+    assert!(killer.is_ok(), "the killer's own retry is answered: {killer:?}");
     let r = pending.await.unwrap();
     assert!(r.is_ok(), "{r:?}");
     assert!(up.tcp_connections_accepted() >= 2);
@@ -162,9 +138,7 @@ async fn responses_with_wrong_id_or_question_are_never_accepted() {
             let r = p.resolve(&q(&w, 1), &Name::root()).await;
             assert!(r.is_err(), "{bad:?} over {transport:?} was accepted");
             let ep = &p.endpoints()[0].endpoint;
-            assert!(
-                ep.stats.error(ErrorKind::Mismatch) > 0 || ep.stats.error(ErrorKind::Timeout) > 0
-            );
+            assert!(ep.stats.error(ErrorKind::Mismatch) > 0 || ep.stats.error(ErrorKind::Timeout) > 0);
         }
     }
 }
@@ -187,11 +161,7 @@ async fn a_dead_endpoint_is_skipped_and_ejected() {
     let bad_ep = eps.iter().find(|e| e.endpoint.addr == bad.addr()).unwrap();
     assert_eq!(bad_ep.endpoint.health(), Health::Ejected);
     // Once ejected it gets no more queries: far fewer than 20 reached it.
-    assert!(
-        bad.log().len() < 10,
-        "{} queries reached the dead endpoint",
-        bad.log().len()
-    );
+    assert!(bad.log().len() < 10, "{} queries reached the dead endpoint", bad.log().len());
 }
 
 #[tokio::test]
@@ -203,15 +173,6 @@ async fn servfail_is_a_failure_and_tries_the_next_endpoint() {
     let p = pool(&[a.addr(), b.addr()], Transport::Tcp, 1);
     let w = wire("any.example");
     let r = p.resolve(&q(&w, 1), &Name::root()).await;
-    assert!(
-        matches!(
-            r,
-            Err(UpstreamError::Failed {
-                last: ErrorKind::Rcode,
-                rcode: Some(2)
-            })
-        ),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(UpstreamError::Failed { last: ErrorKind::Rcode, rcode: Some(2) })), "{r:?}");
     assert!(a.log().len() + b.log().len() >= 2);
 }

@@ -20,18 +20,10 @@ pub(crate) async fn exchange(
     timeout: Duration,
 ) -> Result<Vec<u8>, ErrorKind> {
     let deadline = Instant::now() + timeout;
-    let bind: SocketAddr = if endpoint.addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(bind)
-        .await
-        .map_err(|_| ErrorKind::Connect)?;
-    socket
-        .connect(endpoint.addr)
-        .await
-        .map_err(|_| ErrorKind::Connect)?;
+    let bind: SocketAddr =
+        if endpoint.addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = UdpSocket::bind(bind).await.map_err(|_| ErrorKind::Connect)?;
+    socket.connect(endpoint.addr).await.map_err(|_| ErrorKind::Connect)?;
     let id = rand::random::<u16>();
     let mut query = Vec::with_capacity(64);
     build_query(id, q, &mut query);

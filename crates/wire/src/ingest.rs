@@ -2,7 +2,7 @@
 //! turning a response into a cacheable answer that holds nothing but the answer to the question.
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use nodedns_cache::{CacheableAnswer, Disposition, LowerName, Ttl};
 use thiserror::Error;
@@ -104,11 +104,7 @@ pub enum Ingested {
 /// denials, the SOA of an enclosing zone; glue only for SRV/MX targets inside `bailiwick`.
 /// Everything else (unrelated names in any section, NS records, OPT) is dropped, so a response
 /// cannot plant records for other names in the cache.
-pub fn ingest(
-    resp: &[u8],
-    q: &UpstreamQuestion<'_>,
-    bailiwick: &Name,
-) -> Result<Ingested, IngestError> {
+pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result<Ingested, IngestError> {
     if !answers_question(resp, q) {
         return Err(IngestError::QuestionMismatch);
     }
@@ -126,9 +122,7 @@ pub fn ingest(
         ResponseCode::NoError => false,
         ResponseCode::NXDomain => true,
         other => {
-            return Ok(Ingested::Failure {
-                rcode: u16::from(other),
-            });
+            return Ok(Ingested::Failure { rcode: u16::from(other) });
         }
     };
 
@@ -148,10 +142,7 @@ pub fn ingest(
                     authority.push(r);
                 }
             } else if q.dnssec_ok
-                && matches!(
-                    r.record_type(),
-                    RecordType::NSEC | RecordType::NSEC3 | RecordType::RRSIG
-                )
+                && matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3 | RecordType::RRSIG)
                 && bailiwick.zone_of(&r.name)
             {
                 authority.push(r);
@@ -162,27 +153,14 @@ pub fn ingest(
 
     let chain_ttl = answers.iter().map(|r| Ttl::from_wire(r.ttl)).min();
     let disposition = if positive {
-        Disposition::Positive {
-            ttl: chain_ttl.unwrap_or(Ttl::ZERO),
-        }
+        Disposition::Positive { ttl: chain_ttl.unwrap_or(Ttl::ZERO) }
     } else {
-        Disposition::Denial {
-            nxdomain,
-            soa,
-            chain_ttl,
-        }
+        Disposition::Denial { nxdomain, soa, chain_ttl }
     };
-    let header_flags = [
-        0x80,
-        (msg.metadata.authentic_data as u8) << 5 | (u16::from(rcode) & 0x0f) as u8,
-    ];
+    let header_flags = [0x80, (msg.metadata.authentic_data as u8) << 5 | (u16::from(rcode) & 0x0f) as u8];
     let (message, ttl_offsets) = encode(q, header_flags, &answers, &authority, &additional)
         .map_err(|e| IngestError::Malformed(e.to_string()))?;
-    Ok(Ingested::Answer(CacheableAnswer {
-        message,
-        ttl_offsets,
-        disposition,
-    }))
+    Ok(Ingested::Answer(CacheableAnswer { message, ttl_offsets, disposition }))
 }
 
 trait FromWireLower: Sized {
@@ -203,8 +181,7 @@ impl FromWireLower for Name {
             labels.push(label);
             pos += 1 + len as usize;
         }
-        let mut name =
-            Name::from_labels(labels).map_err(|e| IngestError::Malformed(e.to_string()))?;
+        let mut name = Name::from_labels(labels).map_err(|e| IngestError::Malformed(e.to_string()))?;
         name.set_fqdn(true);
         Ok(name)
     }
@@ -304,7 +281,7 @@ fn encode(
         for r in answers.iter().chain(authority).chain(additional) {
             r.name.emit(&mut enc)?;
             enc.emit_u16(u16::from(r.record_type()))?;
-            enc.emit_u16(u16::from(DNSClass::from(r.dns_class)))?;
+            enc.emit_u16(u16::from(r.dns_class))?;
             offsets.push(enc.offset() as u16);
             enc.emit_u32(r.ttl)?;
             let place = enc.place::<u16>()?;
@@ -316,9 +293,7 @@ fn encode(
     // The question must be stored exactly as the key's lower-cased name: hits copy the client's
     // question over it byte for byte.
     if buf.get(HEADER_LEN..HEADER_LEN + q.name.as_wire().len()) != Some(q.name.as_wire()) {
-        return Err(hickory_proto::ProtoError::from(
-            "question did not encode as sent",
-        ));
+        return Err(hickory_proto::ProtoError::from("question did not encode as sent"));
     }
     Ok((buf, offsets))
 }

@@ -68,13 +68,7 @@ impl<'a> Query<'a> {
         // The parser already checked the name, so lowercasing cannot fail; fall back to the
         // root name rather than panic if that invariant is ever broken.
         let name = lowercase_into(self.qname_wire(), buf).unwrap_or_else(|_| root_name());
-        CacheKey::for_query(
-            name,
-            self.qtype,
-            self.qclass,
-            self.dnssec_ok(),
-            self.checking_disabled,
-        )
+        CacheKey::for_query(name, self.qtype, self.qclass, self.dnssec_ok(), self.checking_disabled)
     }
 }
 
@@ -228,14 +222,7 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
     if flags & 0x8000 != 0 {
         return Parsed::Drop;
     }
-    let reject = |reason, question_end, edns| {
-        Parsed::Reject(RejectedQuery {
-            packet,
-            reason,
-            question_end,
-            edns,
-        })
-    };
+    let reject = |reason, question_end, edns| Parsed::Reject(RejectedQuery { packet, reason, question_end, edns });
     let opcode = ((flags >> 11) & 0xf) as u8;
     let qdcount = u16::from_be_bytes([packet[4], packet[5]]);
     let ancount = u16::from_be_bytes([packet[6], packet[7]]);
@@ -260,11 +247,7 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
         Err(m) => return reject(Rejection::FormErr(m), None, None),
     };
     if ancount != 0 || nscount != 0 {
-        return reject(
-            Rejection::FormErr(Malformed::UnexpectedRecords),
-            Some(qname_end),
-            None,
-        );
+        return reject(Rejection::FormErr(Malformed::UnexpectedRecords), Some(qname_end), None);
     }
 
     // Additional section: at most one OPT owned by the root; other records are skipped.
@@ -272,30 +255,16 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
     let mut edns = None;
     for _ in 0..arcount {
         let Some(after_name) = skip_name(packet, pos) else {
-            return reject(
-                Rejection::FormErr(Malformed::BadRecord),
-                Some(qname_end),
-                None,
-            );
+            return reject(Rejection::FormErr(Malformed::BadRecord), Some(qname_end), None);
         };
-        let (Some(rtype), Some(class), Some(rdlen)) = (
-            u16_at(packet, after_name),
-            u16_at(packet, after_name + 2),
-            u16_at(packet, after_name + 8),
-        ) else {
-            return reject(
-                Rejection::FormErr(Malformed::BadRecord),
-                Some(qname_end),
-                None,
-            );
+        let (Some(rtype), Some(class), Some(rdlen)) =
+            (u16_at(packet, after_name), u16_at(packet, after_name + 2), u16_at(packet, after_name + 8))
+        else {
+            return reject(Rejection::FormErr(Malformed::BadRecord), Some(qname_end), None);
         };
         let end = after_name + 10 + rdlen as usize;
         if end > packet.len() {
-            return reject(
-                Rejection::FormErr(Malformed::BadRecord),
-                Some(qname_end),
-                None,
-            );
+            return reject(Rejection::FormErr(Malformed::BadRecord), Some(qname_end), None);
         }
         if rtype == TYPE_OPT {
             if edns.is_some() || after_name != pos + 1 || packet[pos] != 0 {
@@ -310,11 +279,7 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
         pos = end;
     }
     if pos != packet.len() {
-        return reject(
-            Rejection::FormErr(Malformed::TrailingBytes),
-            Some(qname_end),
-            edns,
-        );
+        return reject(Rejection::FormErr(Malformed::TrailingBytes), Some(qname_end), edns);
     }
     if edns.is_some_and(|e| e.version != 0) {
         return reject(Rejection::BadVers, Some(qname_end), edns);
@@ -357,25 +322,8 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn query(name: &str, qtype: u16, edns: Option<(u16, u8, bool)>) -> Vec<u8> {
-        let mut p = vec![
-            0x12,
-            0x34,
-            0x01,
-            0x00,
-            0,
-            1,
-            0,
-            0,
-            0,
-            0,
-            0,
-            edns.is_some() as u8,
-        ];
-        for label in name
-            .trim_end_matches('.')
-            .split('.')
-            .filter(|l| !l.is_empty())
-        {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns.is_some() as u8];
+        for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
             p.push(label.len() as u8);
             p.extend_from_slice(label.as_bytes());
         }
@@ -401,9 +349,7 @@ pub(crate) mod tests {
     #[test]
     fn parses_a_plain_query() {
         let p = query("Foo.Example", 1, None);
-        let Parsed::Query(q) = parse_query(&p) else {
-            panic!()
-        };
+        let Parsed::Query(q) = parse_query(&p) else { panic!() };
         assert_eq!(q.id, 0x1234);
         assert_eq!((q.qtype, q.qclass), (1, 1));
         assert!(q.recursion_desired);
@@ -418,22 +364,11 @@ pub(crate) mod tests {
     #[test]
     fn parses_edns() {
         let p = query("a", 28, Some((4096, 0, true)));
-        let Parsed::Query(q) = parse_query(&p) else {
-            panic!()
-        };
-        assert_eq!(
-            q.edns,
-            Some(Edns {
-                udp_payload: 4096,
-                version: 0,
-                dnssec_ok: true
-            })
-        );
+        let Parsed::Query(q) = parse_query(&p) else { panic!() };
+        assert_eq!(q.edns, Some(Edns { udp_payload: 4096, version: 0, dnssec_ok: true }));
         assert_eq!(q.max_udp_response(1232), 1232);
         let p = query("a", 28, Some((100, 0, false)));
-        let Parsed::Query(q) = parse_query(&p) else {
-            panic!()
-        };
+        let Parsed::Query(q) = parse_query(&p) else { panic!() };
         assert_eq!(q.max_udp_response(1232), 512);
     }
 
@@ -458,17 +393,11 @@ pub(crate) mod tests {
     fn bad_names_are_formerr() {
         // Label of 64 octets.
         let long_label = "a".repeat(64);
-        assert_eq!(
-            rejection(&query(&long_label, 1, None)),
-            Rejection::FormErr(Malformed::BadName)
-        );
+        assert_eq!(rejection(&query(&long_label, 1, None)), Rejection::FormErr(Malformed::BadName));
         // Name over 255 octets: five labels of 63.
         let l = "b".repeat(63);
         let long = [l.as_str(); 5].join(".");
-        assert_eq!(
-            rejection(&query(&long, 1, None)),
-            Rejection::FormErr(Malformed::BadName)
-        );
+        assert_eq!(rejection(&query(&long, 1, None)), Rejection::FormErr(Malformed::BadName));
         // A compression pointer in the question.
         let mut p = query("a", 1, None);
         p.truncate(12);
@@ -478,10 +407,7 @@ pub(crate) mod tests {
         let p = query("abc", 1, None);
         assert_eq!(rejection(&p[..14]), Rejection::FormErr(Malformed::BadName));
         // Type and class cut off.
-        assert_eq!(
-            rejection(&p[..p.len() - 2]),
-            Rejection::FormErr(Malformed::ShortQuestion)
-        );
+        assert_eq!(rejection(&p[..p.len() - 2]), Rejection::FormErr(Malformed::ShortQuestion));
     }
 
     #[test]
@@ -489,18 +415,13 @@ pub(crate) mod tests {
         let mut p = query("a", 1, None);
         p[2] = (p[2] & 0x87) | (5 << 3); // UPDATE
         assert_eq!(rejection(&p), Rejection::NotImp);
-        let Parsed::Reject(r) = parse_query(&p) else {
-            panic!()
-        };
+        let Parsed::Reject(r) = parse_query(&p) else { panic!() };
         assert!(r.question_end.is_some(), "NOTIMP echoes the question");
     }
 
     #[test]
     fn edns_errors() {
-        assert_eq!(
-            rejection(&query("a", 1, Some((1232, 1, false)))),
-            Rejection::BadVers
-        );
+        assert_eq!(rejection(&query("a", 1, Some((1232, 1, false)))), Rejection::BadVers);
         // Two OPT records.
         let mut p = query("a", 1, Some((1232, 0, false)));
         let opt = p[p.len() - 11..].to_vec();
@@ -525,10 +446,7 @@ pub(crate) mod tests {
     fn records_in_answer_section_are_formerr() {
         let mut p = query("a", 1, None);
         p[7] = 1;
-        assert_eq!(
-            rejection(&p),
-            Rejection::FormErr(Malformed::UnexpectedRecords)
-        );
+        assert_eq!(rejection(&p), Rejection::FormErr(Malformed::UnexpectedRecords));
     }
 
     #[test]
@@ -541,10 +459,7 @@ pub(crate) mod tests {
         p[n - 1] = 255; // class ANY
         assert_eq!(rejection(&p), Rejection::Refused);
         // qtype ANY is a query: answered per RFC 8482 by the server.
-        assert!(matches!(
-            parse_query(&query("a", TYPE_ANY, None)),
-            Parsed::Query(_)
-        ));
+        assert!(matches!(parse_query(&query("a", TYPE_ANY, None)), Parsed::Query(_)));
     }
 
     #[test]
@@ -565,22 +480,12 @@ pub(crate) mod tests {
     #[test]
     fn root_and_max_length_names_parse() {
         let root = query(".", 2, None);
-        let Parsed::Query(q) = parse_query(&root) else {
-            panic!()
-        };
+        let Parsed::Query(q) = parse_query(&root) else { panic!() };
         assert_eq!(q.qname_wire(), b"\x00");
         // 255 octets exactly: 3×63 + 1×61 labels + lengths + root = 255.
-        let name = [
-            "a".repeat(63),
-            "b".repeat(63),
-            "c".repeat(63),
-            "d".repeat(61),
-        ]
-        .join(".");
+        let name = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
         let packet = query(&name, 1, None);
-        let Parsed::Query(q) = parse_query(&packet) else {
-            panic!()
-        };
+        let Parsed::Query(q) = parse_query(&packet) else { panic!() };
         assert_eq!(q.qname_wire().len(), 255);
     }
 }

@@ -134,12 +134,7 @@ fn write_empty(
 /// flags and exact question bytes (0x20 case preserved), every TTL patched, and an OPT record
 /// if the client sent one. A UDP answer that does not fit is replaced by an empty one with TC=1
 /// (RFC 1035 §4.2.1, RFC 6891 §7) so the client retries over TCP.
-pub fn render_cached(
-    query: &Query<'_>,
-    view: &AnswerView<'_>,
-    transport: Transport,
-    out: &mut [u8],
-) -> Option<usize> {
+pub fn render_cached(query: &Query<'_>, view: &AnswerView<'_>, transport: Transport, out: &mut [u8]) -> Option<usize> {
     let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
     let full = view.message_len() + opt;
     if full > transport.limit() || full > out.len() {
@@ -155,11 +150,7 @@ pub fn render_cached(
     let stored_rcode = out[3] & 0x0f;
     let stored_ad = out[3] & 0x20 != 0;
     let client_flags = query_flags(query);
-    put_u16(
-        out,
-        2,
-        response_flags(client_flags, stored_rcode, stored_ad),
-    );
+    put_u16(out, 2, response_flags(client_flags, stored_rcode, stored_ad));
     out[HEADER_LEN..HEADER_LEN + question.len()].copy_from_slice(question);
     if let Some(e) = query.edns {
         let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
@@ -171,9 +162,7 @@ pub fn render_cached(
 
 fn query_flags(q: &Query<'_>) -> u16 {
     // Opcode is QUERY (0) for every parsed query.
-    (q.recursion_desired as u16) << 8
-        | (q.authentic_data as u16) << 5
-        | (q.checking_disabled as u16) << 4
+    (q.recursion_desired as u16) << 8 | (q.authentic_data as u16) << 5 | (q.checking_disabled as u16) << 4
 }
 
 /// An empty answer with TC=1.
@@ -186,15 +175,7 @@ pub fn render_truncated(query: &Query<'_>, out: &mut [u8]) -> Option<usize> {
 /// An answer with no records and `rcode` (SERVFAIL when upstreams fail, REFUSED when shedding).
 pub fn render_rcode(query: &Query<'_>, rcode: Rcode, out: &mut [u8]) -> Option<usize> {
     let qend = HEADER_LEN + query.qname_wire().len();
-    write_empty(
-        query.packet(),
-        Some(qend),
-        query.edns,
-        rcode as u8,
-        0,
-        false,
-        out,
-    )
+    write_empty(query.packet(), Some(qend), query.edns, rcode as u8, 0, false, out)
 }
 
 /// The error answer for a rejected query.
@@ -237,9 +218,7 @@ pub fn render_any_hinfo(query: &Query<'_>, out: &mut [u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::query::{Parsed, parse_query};
-    use nodedns_cache::{
-        Cache, CacheKey, CacheLimits, CacheableAnswer, Disposition, Timestamp, Ttl, TtlPolicy,
-    };
+    use nodedns_cache::{Cache, CacheKey, CacheLimits, CacheableAnswer, Disposition, Timestamp, Ttl, TtlPolicy};
 
     fn q(name: &str, qtype: u16, edns: Option<(u16, u8, bool)>) -> Vec<u8> {
         crate::query::tests::query(name, qtype, edns)
@@ -263,41 +242,21 @@ mod tests {
         let a = CacheableAnswer {
             message: stored_a(name_lower, &mut offs, records),
             ttl_offsets: offs,
-            disposition: Disposition::Positive {
-                ttl: Ttl::from_secs(300),
-            },
+            disposition: Disposition::Positive { ttl: Ttl::from_secs(300) },
         };
         let aaaa = a.clone();
-        let (key, _) = CacheKey::for_query(
-            nodedns_cache::LowerName::new(name_lower).unwrap(),
-            1,
-            1,
-            false,
-            false,
-        );
-        cache
-            .insert_pair(
-                &key,
-                &a,
-                &aaaa,
-                &TtlPolicy::default(),
-                Timestamp::from_secs(0),
-            )
-            .unwrap();
+        let (key, _) = CacheKey::for_query(nodedns_cache::LowerName::new(name_lower).unwrap(), 1, 1, false, false);
+        cache.insert_pair(&key, &a, &aaaa, &TtlPolicy::default(), Timestamp::from_secs(0)).unwrap();
         cache
     }
 
     fn render(cache: &Cache, packet: &[u8], transport: Transport) -> Vec<u8> {
-        let Parsed::Query(query) = parse_query(packet) else {
-            panic!()
-        };
+        let Parsed::Query(query) = parse_query(packet) else { panic!() };
         let mut buf = [0u8; 255];
         let (key, member) = query.cache_key(&mut buf);
         let mut out = vec![0u8; 4096];
         let len = cache
-            .lookup(&key, member, Timestamp::from_secs(100), |v| {
-                render_cached(&query, v, transport, &mut out)
-            })
+            .lookup(&key, member, Timestamp::from_secs(100), |v| render_cached(&query, v, transport, &mut out))
             .unwrap()
             .unwrap();
         out.truncate(len);
@@ -321,11 +280,7 @@ mod tests {
     #[test]
     fn hit_with_edns_gets_opt() {
         let cache = cache_with(b"\x03foo\x00", 1);
-        let out = render(
-            &cache,
-            &q("foo", 28, Some((1232, 0, false))),
-            Transport::Udp { max_len: 1232 },
-        );
+        let out = render(&cache, &q("foo", 28, Some((1232, 0, false))), Transport::Udp { max_len: 1232 });
         let msg = hickory_proto::op::Message::from_vec(&out).unwrap();
         let edns = msg.edns.expect("OPT echoed");
         assert_eq!(edns.max_payload(), ADVERTISED_UDP_PAYLOAD);
@@ -352,27 +307,21 @@ mod tests {
     fn rejections_render_their_rcodes() {
         let mut out = [0u8; 512];
         let packet = q("a", 252, Some((1232, 0, false)));
-        let Parsed::Reject(r) = parse_query(&packet) else {
-            panic!()
-        };
+        let Parsed::Reject(r) = parse_query(&packet) else { panic!() };
         let len = render_rejection(&r, &mut out).unwrap();
         let msg = hickory_proto::op::Message::from_vec(&out[..len]).unwrap();
         assert_eq!(u16::from(msg.metadata.response_code), 5);
         assert_eq!(msg.queries.len(), 1);
 
         let packet = q("a", 1, Some((1232, 3, false)));
-        let Parsed::Reject(r) = parse_query(&packet) else {
-            panic!()
-        };
+        let Parsed::Reject(r) = parse_query(&packet) else { panic!() };
         let len = render_rejection(&r, &mut out).unwrap();
         assert_eq!(out[3] & 0x0f, 0);
         assert_eq!(out[len - 11 + 5], 1, "extended rcode 1 → BADVERS");
 
         let mut packet = q("a", 1, None);
         packet[5] = 2;
-        let Parsed::Reject(r) = parse_query(&packet) else {
-            panic!()
-        };
+        let Parsed::Reject(r) = parse_query(&packet) else { panic!() };
         let len = render_rejection(&r, &mut out).unwrap();
         assert_eq!(len, 12);
         assert_eq!(out[3] & 0x0f, 1);
@@ -382,9 +331,7 @@ mod tests {
     #[test]
     fn any_gets_rfc8482_hinfo() {
         let packet = q("a.b", 255, Some((1232, 0, false)));
-        let Parsed::Query(query) = parse_query(&packet) else {
-            panic!()
-        };
+        let Parsed::Query(query) = parse_query(&packet) else { panic!() };
         let mut out = [0u8; 512];
         let len = render_any_hinfo(&query, &mut out).unwrap();
         let msg = hickory_proto::op::Message::from_vec(&out[..len]).unwrap();
@@ -396,9 +343,7 @@ mod tests {
     #[test]
     fn servfail_and_refused() {
         let packet = q("x", 1, None);
-        let Parsed::Query(query) = parse_query(&packet) else {
-            panic!()
-        };
+        let Parsed::Query(query) = parse_query(&packet) else { panic!() };
         let mut out = [0u8; 512];
         let len = render_rcode(&query, Rcode::ServFail, &mut out).unwrap();
         let msg = hickory_proto::op::Message::from_vec(&out[..len]).unwrap();

@@ -183,11 +183,7 @@ impl Config {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
-            problems: vec![Problem {
-                key: String::new(),
-                line: None,
-                message: format!("cannot read: {e}"),
-            }],
+            problems: vec![Problem { key: String::new(), line: None, message: format!("cannot read: {e}") }],
         })?;
         Config::parse(&text, &file)
     }
@@ -209,16 +205,13 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut unknown = Vec::new();
         let de = serde_yaml::Deserializer::from_str(text);
-        let parsed: Result<RawConfig, _> =
-            serde_ignored::deserialize(de, |path| unknown.push(key_path(&path)));
+        let parsed: Result<RawConfig, _> = serde_ignored::deserialize(de, |path| unknown.push(key_path(&path)));
         let raw = match parsed {
             Ok(raw) => raw,
             Err(e) => {
                 // Empty file: all defaults (then validation says what is missing).
                 if text.trim().is_empty()
-                    || text
-                        .lines()
-                        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+                    || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
                 {
                     RawConfig::default()
                 } else {
@@ -233,22 +226,12 @@ impl Config {
                 }
             }
         };
-        let mut v = Validator {
-            text,
-            problems: Vec::new(),
-        };
+        let mut v = Validator { text, problems: Vec::new() };
         for key in unknown {
             v.problem(&key, "unknown key (check spelling and indentation)");
         }
         let config = v.validate(raw, resolv_conf);
-        if v.problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError {
-                file: file.into(),
-                problems: v.problems,
-            })
-        }
+        if v.problems.is_empty() { Ok(config) } else { Err(ConfigError { file: file.into(), problems: v.problems }) }
     }
 
     /// The zone a (lower-cased) name belongs to: the longest matching suffix.
@@ -264,15 +247,9 @@ fn key_path(path: &serde_ignored::Path<'_>) -> String {
         P::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
         P::Map { parent, key } => {
             let p = key_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
+            if p.is_empty() { key.clone() } else { format!("{p}.{key}") }
         }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-            key_path(parent)
-        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => key_path(parent),
     }
 }
 
@@ -287,11 +264,7 @@ pub fn parse_socket_addr(s: &str, default_port: u16) -> Result<SocketAddr, Strin
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
-    if let Ok(ip) = s
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
+    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, default_port));
     }
     Err(format!("`{s}` is not an address (IP or IP:PORT)"))
@@ -311,11 +284,7 @@ pub fn parse_zone_name(s: &str) -> Result<Name, String> {
 impl Validator<'_> {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
         let line = locate::line_of(self.text, key);
-        self.problems.push(Problem {
-            key: key.into(),
-            line,
-            message: message.into(),
-        });
+        self.problems.push(Problem { key: key.into(), line, message: message.into() });
     }
 
     fn range<T: PartialOrd + fmt::Display + Copy>(&mut self, key: &str, v: T, lo: T, hi: T) -> T {
@@ -325,41 +294,21 @@ impl Validator<'_> {
         v
     }
 
-    fn validate(
-        &mut self,
-        raw: RawConfig,
-        resolv_conf: &dyn Fn() -> Result<Vec<SocketAddr>, String>,
-    ) -> Config {
+    fn validate(&mut self, raw: RawConfig, resolv_conf: &dyn Fn() -> Result<Vec<SocketAddr>, String>) -> Config {
         // Cache.
         let c = &raw.cache;
         let max_bytes = self.range("cache.max_bytes", c.max_bytes, 1 << 20, 64 << 30) as usize;
         let min_ttl = self.range("cache.min_ttl_secs", c.min_ttl_secs, 0, 86_400);
         let max_ttl = self.range("cache.max_ttl_secs", c.max_ttl_secs, 1, 7 * 86_400);
-        let denial_max = self.range(
-            "cache.denial_max_ttl_secs",
-            c.denial_max_ttl_secs,
-            1,
-            7 * 86_400,
-        );
+        let denial_max = self.range("cache.denial_max_ttl_secs", c.denial_max_ttl_secs, 1, 7 * 86_400);
         if max_ttl < min_ttl {
-            self.problem(
-                "cache.max_ttl_secs",
-                format!("{max_ttl} is below cache.min_ttl_secs ({min_ttl})"),
-            );
+            self.problem("cache.max_ttl_secs", format!("{max_ttl} is below cache.min_ttl_secs ({min_ttl})"));
         }
         if denial_max < min_ttl {
-            self.problem(
-                "cache.denial_max_ttl_secs",
-                format!("{denial_max} is below cache.min_ttl_secs ({min_ttl})"),
-            );
+            self.problem("cache.denial_max_ttl_secs", format!("{denial_max} is below cache.min_ttl_secs ({min_ttl})"));
         }
         let max_stale = self.range("cache.max_stale_secs", c.max_stale_secs, 0, 7 * 86_400);
-        let stale_timeout = self.range(
-            "cache.stale_answer_timeout_ms",
-            c.stale_answer_timeout_ms,
-            1,
-            30_000,
-        );
+        let stale_timeout = self.range("cache.stale_answer_timeout_ms", c.stale_answer_timeout_ms, 1, 30_000);
         let cache_ttl = TtlPolicy {
             min_ttl: Ttl::from_secs(min_ttl),
             max_ttl: Ttl::from_secs(max_ttl),
@@ -391,14 +340,8 @@ impl Validator<'_> {
             for (i, a) in n.addresses.iter().enumerate() {
                 match a.trim().parse::<IpAddr>() {
                     Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
-                    Ok(_) => self.problem(
-                        &format!("node.addresses[{i}]"),
-                        format!("`{a}` is listed twice"),
-                    ),
-                    Err(_) => self.problem(
-                        &format!("node.addresses[{i}]"),
-                        format!("`{a}` is not an IP address"),
-                    ),
+                    Ok(_) => self.problem(&format!("node.addresses[{i}]"), format!("`{a}` is listed twice")),
+                    Err(_) => self.problem(&format!("node.addresses[{i}]"), format!("`{a}` is not an IP address")),
                 }
             }
             if n.addresses.is_empty() {
@@ -433,19 +376,13 @@ impl Validator<'_> {
             }
         });
         if listen.is_empty() {
-            self.problem(
-                "listen",
-                "no listen address: set `listen` or `node.addresses`",
-            );
+            self.problem("listen", "no listen address: set `listen` or `node.addresses`");
         }
 
         // Zones.
         let mut zones = Vec::new();
         if raw.zones.is_empty() {
-            self.problem(
-                "zones",
-                "at least one zone is required (use name \".\" for everything)",
-            );
+            self.problem("zones", "at least one zone is required (use name \".\" for everything)");
         }
         let mut resolv_cache: Option<Result<Vec<SocketAddr>, String>> = None;
         for (i, z) in raw.zones.iter().enumerate() {
@@ -465,10 +402,7 @@ impl Validator<'_> {
                     let got = resolv_cache.get_or_insert_with(resolv_conf).clone();
                     match got {
                         Ok(a) if a.is_empty() => {
-                            self.problem(
-                                &key("upstreams"),
-                                "/etc/resolv.conf lists no usable nameserver",
-                            );
+                            self.problem(&key("upstreams"), "/etc/resolv.conf lists no usable nameserver");
                             UpstreamSource::ResolvConf(a)
                         }
                         Ok(a) => UpstreamSource::ResolvConf(a),
@@ -479,10 +413,7 @@ impl Validator<'_> {
                     }
                 }
                 RawUpstreams::Named(s) => {
-                    self.problem(
-                        &key("upstreams"),
-                        format!("`{s}`: expected a list of addresses or \"resolv.conf\""),
-                    );
+                    self.problem(&key("upstreams"), format!("`{s}`: expected a list of addresses or \"resolv.conf\""));
                     UpstreamSource::Fixed(Vec::new())
                 }
                 RawUpstreams::List(list) => {
@@ -508,48 +439,18 @@ impl Validator<'_> {
                     );
                 }
             }
-            let zmin = self.range(
-                &key("min_ttl_secs"),
-                z.min_ttl_secs.unwrap_or(min_ttl),
-                0,
-                86_400,
-            );
-            let zmax = self.range(
-                &key("max_ttl_secs"),
-                z.max_ttl_secs.unwrap_or(max_ttl),
-                1,
-                7 * 86_400,
-            );
-            let zden = self.range(
-                &key("denial_max_ttl_secs"),
-                z.denial_max_ttl_secs.unwrap_or(denial_max),
-                1,
-                7 * 86_400,
-            );
+            let zmin = self.range(&key("min_ttl_secs"), z.min_ttl_secs.unwrap_or(min_ttl), 0, 86_400);
+            let zmax = self.range(&key("max_ttl_secs"), z.max_ttl_secs.unwrap_or(max_ttl), 1, 7 * 86_400);
+            let zden =
+                self.range(&key("denial_max_ttl_secs"), z.denial_max_ttl_secs.unwrap_or(denial_max), 1, 7 * 86_400);
             if zmax < zmin {
-                self.problem(
-                    &key("max_ttl_secs"),
-                    format!("{zmax} is below the zone's min_ttl_secs ({zmin})"),
-                );
+                self.problem(&key("max_ttl_secs"), format!("{zmax} is below the zone's min_ttl_secs ({zmin})"));
             }
             if zden < zmin {
-                self.problem(
-                    &key("denial_max_ttl_secs"),
-                    format!("{zden} is below the zone's min_ttl_secs ({zmin})"),
-                );
+                self.problem(&key("denial_max_ttl_secs"), format!("{zden} is below the zone's min_ttl_secs ({zmin})"));
             }
-            let conns = self.range(
-                &key("tcp_connections"),
-                z.tcp_connections.unwrap_or(2),
-                1,
-                64,
-            );
-            let timeout = self.range(
-                &key("query_timeout_ms"),
-                z.query_timeout_ms.unwrap_or(2000),
-                50,
-                30_000,
-            );
+            let conns = self.range(&key("tcp_connections"), z.tcp_connections.unwrap_or(2), 1, 64);
+            let timeout = self.range(&key("query_timeout_ms"), z.query_timeout_ms.unwrap_or(2000), 50, 30_000);
             let discover = z.discover.as_ref().and_then(|d| match parse_zone_name(d) {
                 Ok(n) => Some(n),
                 Err(e) => {
@@ -557,12 +458,7 @@ impl Validator<'_> {
                     None
                 }
             });
-            let interval = self.range(
-                &key("discover_interval_secs"),
-                z.discover_interval_secs.unwrap_or(30),
-                1,
-                3600,
-            );
+            let interval = self.range(&key("discover_interval_secs"), z.discover_interval_secs.unwrap_or(30), 1, 3600);
             let mut exceptions = Vec::new();
             for (j, e) in z.schema_exceptions.iter().enumerate() {
                 match parse_zone_name(e) {
@@ -610,12 +506,7 @@ impl Validator<'_> {
         let l = &raw.limits;
         let limits = Limits {
             max_inflight: self.range("limits.max_inflight", l.max_inflight, 1, 1_000_000) as usize,
-            max_tcp_connections: self.range(
-                "limits.max_tcp_connections",
-                l.max_tcp_connections,
-                1,
-                1_000_000,
-            ) as usize,
+            max_tcp_connections: self.range("limits.max_tcp_connections", l.max_tcp_connections, 1, 1_000_000) as usize,
             max_tcp_connections_per_client: self.range(
                 "limits.max_tcp_connections_per_client",
                 l.max_tcp_connections_per_client,
@@ -634,28 +525,17 @@ impl Validator<'_> {
                 1,
                 3600,
             ) as u64),
-            max_udp_payload: self.range(
-                "limits.max_udp_payload_bytes",
-                l.max_udp_payload_bytes,
-                512,
-                4096,
-            ),
+            max_udp_payload: self.range("limits.max_udp_payload_bytes", l.max_udp_payload_bytes, 512, 4096),
             per_client_qps: l.per_client_qps,
         };
 
         // Log.
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-            self.problem(
-                "log.level",
-                format!("`{}` is not a log level or filter", raw.log.level),
-            );
+            self.problem("log.level", format!("`{}` is not a log level or filter", raw.log.level));
         }
         let rate = raw.log.queries_sample_rate;
         if !(0.0..=1.0).contains(&rate) {
-            self.problem(
-                "log.queries_sample_rate",
-                format!("{rate} is out of range [0, 1]"),
-            );
+            self.problem("log.queries_sample_rate", format!("{rate} is out of range [0, 1]"));
         }
         let log = LogConfig {
             format: match raw.log.format {

@@ -112,10 +112,7 @@ pub struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self {
-            listen: OneOrMany::One("127.0.0.1:9253".into()),
-            coredns_compatible_metrics: false,
-        }
+        Self { listen: OneOrMany::One("127.0.0.1:9253".into()), coredns_compatible_metrics: false }
     }
 }
 
@@ -204,11 +201,7 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self {
-            format: RawLogFormat::Text,
-            level: "info".into(),
-            queries_sample_rate: 0.0,
-        }
+        Self { format: RawLogFormat::Text, level: "info".into(), queries_sample_rate: 0.0 }
     }
 }
 
@@ -223,11 +216,7 @@ pub struct RawServer {
 
 impl Default for RawServer {
     fn default() -> Self {
-        Self {
-            workers: 0,
-            drain_timeout_secs: 10,
-            handover_socket: None,
-        }
+        Self { workers: 0, drain_timeout_secs: 10, handover_socket: None }
     }
 }
 

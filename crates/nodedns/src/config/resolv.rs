@@ -8,9 +8,7 @@ pub fn nameservers_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
-            (words.next()? == "nameserver")
-                .then(|| words.next())
-                .flatten()
+            (words.next()? == "nameserver").then(|| words.next()).flatten()
         })
         .filter_map(|ip| ip.parse::<IpAddr>().ok())
         .map(|ip| SocketAddr::new(ip, 53))
@@ -32,10 +30,7 @@ mod tests {
         let t = "# comment\nsearch a.b\nnameserver 10.0.0.1\nnameserver  fd00::1\nnameserver fe80::1%eth0\noptions ndots:5\n";
         assert_eq!(
             nameservers_from_resolv_conf(t),
-            vec![
-                "10.0.0.1:53".parse().unwrap(),
-                "[fd00::1]:53".parse().unwrap()
-            ]
+            vec!["10.0.0.1:53".parse().unwrap(), "[fd00::1]:53".parse().unwrap()]
         );
     }
 }

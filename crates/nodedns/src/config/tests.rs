@@ -1,9 +1,7 @@
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::parse_with(text, "test.yaml", &|| {
-        Ok(vec!["192.0.2.53:53".parse().unwrap()])
-    })
+    Config::parse_with(text, "test.yaml", &|| Ok(vec!["192.0.2.53:53".parse().unwrap()]))
 }
 
 const CONTRACT: &str = r#"
@@ -36,20 +34,14 @@ fn the_contract_example_parses() {
     assert_eq!(c.zones[0].ttl.max_ttl.secs(), 30);
     assert_eq!(c.zones[0].ttl.denial_max_ttl.secs(), 5);
     assert_eq!(c.zones[0].ttl.min_ttl.secs(), 5);
-    assert_eq!(
-        c.zones[1].upstreams,
-        UpstreamSource::ResolvConf(vec!["192.0.2.53:53".parse().unwrap()])
-    );
+    assert_eq!(c.zones[1].upstreams, UpstreamSource::ResolvConf(vec!["192.0.2.53:53".parse().unwrap()]));
     assert_eq!(c.zones[1].transport, nodedns_upstream::Transport::Udp);
     assert_eq!(c.admin.listen, vec!["127.0.0.1:9253".parse().unwrap()]);
 }
 
 #[test]
 fn embedded_default_is_valid() {
-    let c = Config::parse_with(EMBEDDED_DEFAULT, "<embedded>", &|| {
-        Ok(vec!["192.0.2.1:53".parse().unwrap()])
-    })
-    .unwrap();
+    let c = Config::parse_with(EMBEDDED_DEFAULT, "<embedded>", &|| Ok(vec!["192.0.2.1:53".parse().unwrap()])).unwrap();
     assert_eq!(c.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
     assert_eq!(c.zones[0].name, Name::root());
 }
@@ -79,25 +71,15 @@ admin:
   listen: "127.0.0.1:9253"
 "#;
     let err = parse(text).unwrap_err();
-    let keys: Vec<(&str, Option<usize>)> = err
-        .problems
-        .iter()
-        .map(|p| (p.key.as_str(), p.line))
-        .collect();
+    let keys: Vec<(&str, Option<usize>)> = err.problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
     assert!(keys.contains(&("cache.colour", Some(6))), "{keys:?}");
     assert!(keys.contains(&("zones[0].transprt", Some(10))), "{keys:?}");
     assert!(keys.contains(&("cache.max_bytes", Some(3))), "{keys:?}");
     assert!(keys.contains(&("cache.max_ttl_secs", Some(5))), "{keys:?}");
     assert!(keys.contains(&("listen[1]", Some(1))), "{keys:?}");
-    assert!(
-        keys.contains(&("zones[0].upstreams[1]", Some(9))),
-        "{keys:?}"
-    );
+    assert!(keys.contains(&("zones[0].upstreams[1]", Some(9))), "{keys:?}");
     let shown = err.to_string();
-    assert!(
-        shown.contains("test.yaml:6: cache.colour: unknown key"),
-        "{shown}"
-    );
+    assert!(shown.contains("test.yaml:6: cache.colour: unknown key"), "{shown}");
 }
 
 #[test]
@@ -105,12 +87,7 @@ fn every_fixture_rejects_an_injected_unknown_key() {
     for (section, line) in [("cache", "  bogus_key: 1"), ("admin", "  bogus_key: 1")] {
         let text = CONTRACT.replace(&format!("{section}:\n"), &format!("{section}:\n{line}\n"));
         let err = parse(&text).unwrap_err();
-        assert!(
-            err.problems
-                .iter()
-                .any(|p| p.key == format!("{section}.bogus_key")),
-            "{err}"
-        );
+        assert!(err.problems.iter().any(|p| p.key == format!("{section}.bogus_key")), "{err}");
     }
     let err = parse(&format!("{CONTRACT}\nwhatever: 1\n")).unwrap_err();
     assert!(err.problems.iter().any(|p| p.key == "whatever"));
@@ -127,8 +104,7 @@ fn syntax_and_type_errors_name_the_line() {
 
 #[test]
 fn forwarding_to_ourselves_is_refused() {
-    let text =
-        "listen: [\"127.0.0.1:53\"]\nzones:\n  - name: \".\"\n    upstreams: [\"127.0.0.1:53\"]\n";
+    let text = "listen: [\"127.0.0.1:53\"]\nzones:\n  - name: \".\"\n    upstreams: [\"127.0.0.1:53\"]\n";
     let err = parse(text).unwrap_err();
     assert!(err.to_string().contains("forwarding loop"), "{err}");
 }
@@ -138,10 +114,7 @@ fn zones_need_upstreams_and_unique_names() {
     let text = "listen: [\"127.0.0.1:5353\"]\nzones:\n  - name: a\n    upstreams: []\n  - name: A.\n    upstreams: [\"10.0.0.1\"]\n";
     let err = parse(text).unwrap_err();
     let s = err.to_string();
-    assert!(
-        s.contains("zones[0].upstreams: at least one upstream"),
-        "{s}"
-    );
+    assert!(s.contains("zones[0].upstreams: at least one upstream"), "{s}");
     assert!(s.contains("defined twice"), "{s}");
 }
 
@@ -149,13 +122,7 @@ fn zones_need_upstreams_and_unique_names() {
 fn node_addresses_become_listeners_on_port_53() {
     let text = "zones:\n  - name: \".\"\n    upstreams: [\"10.0.0.1\"]\nnode:\n  interface_kind: bridge\n  addresses: [\"169.254.20.10\", \"fd00::10\"]\n";
     let c = parse(text).unwrap();
-    assert_eq!(
-        c.listen,
-        vec![
-            "169.254.20.10:53".parse::<SocketAddr>().unwrap(),
-            "[fd00::10]:53".parse().unwrap()
-        ]
-    );
+    assert_eq!(c.listen, vec!["169.254.20.10:53".parse::<SocketAddr>().unwrap(), "[fd00::10]:53".parse().unwrap()]);
     let n = c.node.unwrap();
     assert_eq!(n.interface, "nodelocaldns");
     assert_eq!(n.interface_kind, nodedns_node::InterfaceKind::Bridge);

@@ -31,14 +31,9 @@ impl<const LEN: usize> Ring<LEN> {
         let mut bufs = vec![[0u8; LEN]; BATCH].into_boxed_slice();
         // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all-zero is a
         // valid value.
-        let mut addrs: Box<[libc::sockaddr_storage]> =
-            (0..BATCH).map(|_| unsafe { zeroed() }).collect();
-        let mut iovecs: Box<[libc::iovec]> = (0..BATCH)
-            .map(|i| libc::iovec {
-                iov_base: bufs[i].as_mut_ptr().cast(),
-                iov_len: LEN,
-            })
-            .collect();
+        let mut addrs: Box<[libc::sockaddr_storage]> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
+        let mut iovecs: Box<[libc::iovec]> =
+            (0..BATCH).map(|i| libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: LEN }).collect();
         let hdrs: Box<[libc::mmsghdr]> = (0..BATCH)
             .map(|i| {
                 // SAFETY: as above.
@@ -51,12 +46,7 @@ impl<const LEN: usize> Ring<LEN> {
             })
             .collect();
         // The boxes never move their heap contents, so the pointers above stay valid.
-        Self {
-            bufs,
-            addrs,
-            iovecs,
-            hdrs,
-        }
+        Self { bufs, addrs, iovecs, hdrs }
     }
 }
 
@@ -88,12 +78,7 @@ impl Received<'_> {
 
 impl BatchIo {
     pub fn new(fd: RawFd) -> Self {
-        Self {
-            fd,
-            rx: Ring::new(),
-            tx: Ring::new(),
-            tx_len: 0,
-        }
+        Self { fd, rx: Ring::new(), tx: Ring::new(), tx_len: 0 }
     }
 
     /// Blocks until at least one datagram arrives (or the socket's receive timeout passes), then
@@ -107,13 +92,7 @@ impl BatchIo {
         // SAFETY: `hdrs` holds BATCH initialized headers pointing into live buffers of the sizes
         // given; the kernel writes at most those sizes.
         let n = unsafe {
-            libc::recvmmsg(
-                self.fd,
-                self.rx.hdrs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
+            libc::recvmmsg(self.fd, self.rx.hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -134,10 +113,7 @@ impl BatchIo {
     }
 
     /// Split borrow: datagram `i` of the last receive and the next free send buffer.
-    pub fn received_and_send_buf(
-        &mut self,
-        i: usize,
-    ) -> Option<(Received<'_>, &mut [u8; SEND_LEN])> {
+    pub fn received_and_send_buf(&mut self, i: usize) -> Option<(Received<'_>, &mut [u8; SEND_LEN])> {
         if self.tx_len >= BATCH {
             return None;
         }
@@ -171,14 +147,8 @@ impl BatchIo {
         while sent < self.tx_len {
             // SAFETY: headers [sent, tx_len) are initialized and point into live buffers whose
             // lengths were set by `queue_reply`.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.fd,
-                    self.tx.hdrs.as_mut_ptr().add(sent),
-                    (self.tx_len - sent) as u32,
-                    0,
-                )
-            };
+            let n =
+                unsafe { libc::sendmmsg(self.fd, self.tx.hdrs.as_mut_ptr().add(sent), (self.tx_len - sent) as u32, 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -212,8 +182,7 @@ fn sockaddr_to_std(addr: &libc::sockaddr_storage, len: u32) -> Option<SocketAddr
         }
         libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
             // SAFETY: family and length say the storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 =
-                unsafe { &*(addr as *const libc::sockaddr_storage).cast() };
+            let a: &libc::sockaddr_in6 = unsafe { &*(addr as *const libc::sockaddr_storage).cast() };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),
@@ -233,17 +202,11 @@ mod tests {
     #[test]
     fn batch_round_trip_on_loopback() {
         let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        server
-            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .unwrap();
+        server.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .unwrap();
+        client.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
         for i in 0..5u8 {
-            client
-                .send_to(&[i; 3], server.local_addr().unwrap())
-                .unwrap();
+            client.send_to(&[i; 3], server.local_addr().unwrap()).unwrap();
         }
         let mut io = BatchIo::new(server.as_raw_fd());
         let mut got = 0;

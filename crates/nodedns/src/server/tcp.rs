@@ -16,8 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 
 use nodedns_wire::{
-    MAX_MESSAGE, Parsed, Transport, parse_query, render_any_hinfo, render_rejection,
-    response_rcode_label,
+    MAX_MESSAGE, Parsed, Transport, parse_query, render_any_hinfo, render_rejection, response_rcode_label,
 };
 
 use crate::config::Limits;
@@ -58,10 +57,7 @@ impl TcpConnections {
         }
         *n += 1;
         self.total.fetch_add(1, Relaxed);
-        Some(ConnGuard {
-            conns: self.clone(),
-            peer,
-        })
+        Some(ConnGuard { conns: self.clone(), peer })
     }
 }
 
@@ -123,24 +119,13 @@ pub async fn run_listener(
     }
 }
 
-async fn write_frame(
-    writer: &tokio::sync::Mutex<OwnedWriteHalf>,
-    frame: &[u8],
-    timeout: Duration,
-) -> bool {
+async fn write_frame(writer: &tokio::sync::Mutex<OwnedWriteHalf>, frame: &[u8], timeout: Duration) -> bool {
     let mut w = writer.lock().await;
     // A client that stops reading its answers must not hold the task forever.
-    matches!(
-        tokio::time::timeout(timeout, w.write_all(frame)).await,
-        Ok(Ok(()))
-    )
+    matches!(tokio::time::timeout(timeout, w.write_all(frame)).await, Ok(Ok(())))
 }
 
-async fn read_frame(
-    read: &mut OwnedReadHalf,
-    buf: &mut [u8],
-    timeout: Duration,
-) -> Result<usize, &'static str> {
+async fn read_frame(read: &mut OwnedReadHalf, buf: &mut [u8], timeout: Duration) -> Result<usize, &'static str> {
     let mut len = [0u8; 2];
     match tokio::time::timeout(timeout, read.read_exact(&mut len)).await {
         Ok(Ok(_)) => {}
@@ -194,9 +179,7 @@ async fn serve_connection(
             Parsed::Reject(r) => {
                 engine.metrics.malformed(r.reason.label());
                 if let Some(len) = render_rejection(&r, &mut outbuf[2..]) {
-                    engine
-                        .metrics
-                        .response(response_rcode_label(&outbuf[2..2 + len]));
+                    engine.metrics.response(response_rcode_label(&outbuf[2..2 + len]));
                     outbuf[..2].copy_from_slice(&(len as u16).to_be_bytes());
                     if !write_frame(&writer, &outbuf[..len + 2], limits.tcp_idle_timeout).await {
                         break;
@@ -213,20 +196,12 @@ async fn serve_connection(
         let local = if query.qtype == nodedns_wire::query::TYPE_ANY {
             render_any_hinfo(&query, &mut outbuf[2..]).map(|l| (l, false))
         } else {
-            engine
-                .answer_from_cache(&query, Transport::Tcp, &mut outbuf[2..])
-                .map(|(l, _)| (l, true))
+            engine.answer_from_cache(&query, Transport::Tcp, &mut outbuf[2..]).map(|(l, _)| (l, true))
         };
         if let Some((len, hit)) = local {
-            engine
-                .metrics
-                .response(response_rcode_label(&outbuf[2..2 + len]));
+            engine.metrics.response(response_rcode_label(&outbuf[2..2 + len]));
             if hit {
-                engine.metrics.answered(
-                    CacheResult::Hit,
-                    query.qtype,
-                    received.elapsed().as_secs_f64(),
-                );
+                engine.metrics.answered(CacheResult::Hit, query.qtype, received.elapsed().as_secs_f64());
             }
             outbuf[..2].copy_from_slice(&(len as u16).to_be_bytes());
             if !write_frame(&writer, &outbuf[..len + 2], limits.tcp_idle_timeout).await {
@@ -253,16 +228,9 @@ async fn serve_connection(
         let timeout = limits.tcp_idle_timeout;
         tokio::spawn(async move {
             let mut out = vec![0u8; MAX_MESSAGE + 2];
-            if let Some(answer) = engine
-                .answer_miss(&packet, Transport::Tcp, &mut out[2..])
-                .await
-            {
-                engine
-                    .metrics
-                    .response(response_rcode_label(&out[2..2 + answer.len]));
-                engine
-                    .metrics
-                    .answered(answer.result, qtype, received.elapsed().as_secs_f64());
+            if let Some(answer) = engine.answer_miss(&packet, Transport::Tcp, &mut out[2..]).await {
+                engine.metrics.response(response_rcode_label(&out[2..2 + answer.len]));
+                engine.metrics.answered(answer.result, qtype, received.elapsed().as_secs_f64());
                 out[..2].copy_from_slice(&(answer.len as u16).to_be_bytes());
                 write_frame(&writer, &out[..answer.len + 2], timeout).await;
             }

@@ -12,8 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{error, warn};
 
 use nodedns_wire::{
-    Parsed, Rcode, Transport, parse_query, render_any_hinfo, render_rcode, render_rejection,
-    response_rcode_label,
+    Parsed, Rcode, Transport, parse_query, render_any_hinfo, render_rcode, render_rejection, response_rcode_label,
 };
 
 use super::batch::{BatchIo, SEND_LEN};
@@ -60,12 +59,7 @@ impl WorkerControl {
     /// The oldest heartbeat's age.
     pub fn max_heartbeat_age(&self) -> Duration {
         let now = self.now_ms();
-        let oldest = self
-            .heartbeats
-            .iter()
-            .map(|h| h.load(Relaxed))
-            .min()
-            .unwrap_or(now);
+        let oldest = self.heartbeats.iter().map(|h| h.load(Relaxed)).min().unwrap_or(now);
         Duration::from_millis(now.saturating_sub(oldest))
     }
 }
@@ -96,9 +90,7 @@ pub fn run_worker(
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 continue;
@@ -116,16 +108,9 @@ pub fn run_worker(
             let Some((rx, out)) = io.received_and_send_buf(i) else {
                 break;
             };
-            if let Some(reply) = handle_datagram(
-                &engine,
-                &socket,
-                &misses,
-                rx.data,
-                rx.truncated,
-                || rx.peer(),
-                max_udp,
-                out,
-            ) {
+            if let Some(reply) =
+                handle_datagram(&engine, &socket, &misses, rx.data, rx.truncated, || rx.peer(), max_udp, out)
+            {
                 io.queue_reply(i, reply.len);
                 if let Some(qtype) = reply.cache_hit_qtype {
                     hits[match qtype {
@@ -182,10 +167,7 @@ fn handle_datagram(
             engine.metrics.malformed(r.reason.label());
             let len = render_rejection(&r, out)?;
             engine.metrics.response(response_rcode_label(&out[..len]));
-            return Some(Reply {
-                len,
-                cache_hit_qtype: None,
-            });
+            return Some(Reply { len, cache_hit_qtype: None });
         }
         Parsed::Drop => {
             engine.metrics.malformed("unparseable_header");
@@ -193,52 +175,34 @@ fn handle_datagram(
         }
     };
     engine.metrics.request(Proto::Udp, query.qtype);
-    let transport = Transport::Udp {
-        max_len: query.max_udp_response(max_udp),
-    };
+    let transport = Transport::Udp { max_len: query.max_udp_response(max_udp) };
     if query.qtype == nodedns_wire::query::TYPE_ANY {
         let len = render_any_hinfo(&query, out)?;
         engine.metrics.response("NOERROR");
-        return Some(Reply {
-            len,
-            cache_hit_qtype: None,
-        });
+        return Some(Reply { len, cache_hit_qtype: None });
     }
     if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out) {
         engine.metrics.response(response_rcode_label(&out[..len]));
-        if refresh_due {
-            if let Some(peer) = peer() {
-                let _ = misses.try_send(MissJob {
-                    packet: data.to_vec(),
-                    peer,
-                    socket: socket.clone(),
-                    received: Instant::now(),
-                    prefetch_only: true,
-                });
-            }
+        if refresh_due && let Some(peer) = peer() {
+            let _ = misses.try_send(MissJob {
+                packet: data.to_vec(),
+                peer,
+                socket: socket.clone(),
+                received: Instant::now(),
+                prefetch_only: true,
+            });
         }
-        return Some(Reply {
-            len,
-            cache_hit_qtype: Some(query.qtype),
-        });
+        return Some(Reply { len, cache_hit_qtype: Some(query.qtype) });
     }
     let peer = peer()?;
-    let job = MissJob {
-        packet: data.to_vec(),
-        peer,
-        socket: socket.clone(),
-        received: Instant::now(),
-        prefetch_only: false,
-    };
+    let job =
+        MissJob { packet: data.to_vec(), peer, socket: socket.clone(), received: Instant::now(), prefetch_only: false };
     if misses.try_send(job).is_err() {
         // The miss queue is full: shed rather than queue without bound.
         engine.metrics.shed(ShedReason::Inflight);
         let len = render_rcode(&query, Rcode::Refused, out)?;
         engine.metrics.response("REFUSED");
-        return Some(Reply {
-            len,
-            cache_hit_qtype: None,
-        });
+        return Some(Reply { len, cache_hit_qtype: None });
     }
     None
 }
@@ -262,18 +226,11 @@ pub async fn run_miss_dispatcher(engine: Arc<Engine>, mut jobs: mpsc::Receiver<M
                 _ => 0,
             };
             let mut out = vec![0u8; SEND_LEN];
-            let Some(answer) = engine
-                .answer_miss(&job.packet, Transport::Udp { max_len }, &mut out)
-                .await
-            else {
+            let Some(answer) = engine.answer_miss(&job.packet, Transport::Udp { max_len }, &mut out).await else {
                 return;
             };
-            engine
-                .metrics
-                .response(response_rcode_label(&out[..answer.len]));
-            engine
-                .metrics
-                .answered(answer.result, qtype, job.received.elapsed().as_secs_f64());
+            engine.metrics.response(response_rcode_label(&out[..answer.len]));
+            engine.metrics.answered(answer.result, qtype, job.received.elapsed().as_secs_f64());
             if let Err(e) = job.socket.send_to(&out[..answer.len], job.peer) {
                 warn!(error = %e, peer = %job.peer, "UDP send failed");
             }

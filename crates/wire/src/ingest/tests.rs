@@ -22,13 +22,7 @@ fn wire(s: &str) -> Vec<u8> {
 }
 
 fn question(w: &[u8], qtype: u16) -> UpstreamQuestion<'_> {
-    UpstreamQuestion {
-        name: LowerName::new(w).unwrap(),
-        qtype,
-        qclass: 1,
-        dnssec_ok: false,
-        checking_disabled: false,
-    }
+    UpstreamQuestion { name: LowerName::new(w).unwrap(), qtype, qclass: 1, dnssec_ok: false, checking_disabled: false }
 }
 
 fn response(qname: &str, qtype: RecordType, rcode: ResponseCode) -> Message {
@@ -86,20 +80,11 @@ fn builds_a_query_with_edns() {
 fn positive_answer_keeps_records_and_ttl_offsets() {
     let w = wire("a.ns.svc.cluster.local");
     let q = question(&w, 1);
-    let mut r = response(
-        "a.ns.svc.cluster.local.",
-        RecordType::A,
-        ResponseCode::NoError,
-    );
+    let mut r = response("a.ns.svc.cluster.local.", RecordType::A, ResponseCode::NoError);
     r.add_answer(a("a.ns.svc.cluster.local.", 30, [10, 0, 0, 1]));
     r.add_answer(a("a.ns.svc.cluster.local.", 20, [10, 0, 0, 2]));
     let (ans, parsed) = answer(&r, &q);
-    assert_eq!(
-        ans.disposition,
-        Disposition::Positive {
-            ttl: Ttl::from_secs(20)
-        }
-    );
+    assert_eq!(ans.disposition, Disposition::Positive { ttl: Ttl::from_secs(20) });
     assert_eq!(parsed.answers.len(), 2);
     assert_eq!(ans.ttl_offsets.len(), 2);
     for off in &ans.ttl_offsets {
@@ -125,11 +110,7 @@ fn upper_case_echo_is_accepted_and_stored_lower_case() {
 fn cname_chain_is_kept_and_unrelated_records_dropped() {
     let w = wire("www.ns.svc.cluster.local");
     let q = question(&w, 1);
-    let mut r = response(
-        "www.ns.svc.cluster.local.",
-        RecordType::A,
-        ResponseCode::NoError,
-    );
+    let mut r = response("www.ns.svc.cluster.local.", RecordType::A, ResponseCode::NoError);
     r.add_answer(Record::from_rdata(
         name("www.ns.svc.cluster.local."),
         60,
@@ -142,17 +123,8 @@ fn cname_chain_is_kept_and_unrelated_records_dropped() {
     r.add_additional(a("bank.example.", 86400, [6, 6, 6, 6]));
     let (ans, parsed) = answer(&r, &q);
     assert_eq!(parsed.answers.len(), 2);
-    assert!(
-        parsed
-            .all_sections()
-            .all(|r| r.name != name("bank.example."))
-    );
-    assert_eq!(
-        ans.disposition,
-        Disposition::Positive {
-            ttl: Ttl::from_secs(40)
-        }
-    );
+    assert!(parsed.all_sections().all(|r| r.name != name("bank.example.")));
+    assert_eq!(ans.disposition, Disposition::Positive { ttl: Ttl::from_secs(40) });
 }
 
 #[test]
@@ -160,11 +132,7 @@ fn cname_to_a_missing_type_is_nodata_with_chain_ttl() {
     let w = wire("x.example");
     let q = question(&w, 28);
     let mut r = response("x.example.", RecordType::AAAA, ResponseCode::NoError);
-    r.add_answer(Record::from_rdata(
-        name("x.example."),
-        10,
-        RData::CNAME(CNAME(name("y.example."))),
-    ));
+    r.add_answer(Record::from_rdata(name("x.example."), 10, RData::CNAME(CNAME(name("y.example.")))));
     r.add_authority(soa("example.", 300, 60));
     let (ans, parsed) = answer(&r, &q);
     assert_eq!(parsed.answers.len(), 1);
@@ -184,37 +152,18 @@ fn cname_loop_terminates() {
     let w = wire("l1.example");
     let q = question(&w, 1);
     let mut r = response("l1.example.", RecordType::A, ResponseCode::NoError);
-    r.add_answer(Record::from_rdata(
-        name("l1.example."),
-        10,
-        RData::CNAME(CNAME(name("l2.example."))),
-    ));
-    r.add_answer(Record::from_rdata(
-        name("l2.example."),
-        10,
-        RData::CNAME(CNAME(name("l1.example."))),
-    ));
+    r.add_answer(Record::from_rdata(name("l1.example."), 10, RData::CNAME(CNAME(name("l2.example.")))));
+    r.add_answer(Record::from_rdata(name("l2.example."), 10, RData::CNAME(CNAME(name("l1.example.")))));
     let (ans, parsed) = answer(&r, &q);
     assert_eq!(parsed.answers.len(), 2);
-    assert!(matches!(
-        ans.disposition,
-        Disposition::Denial {
-            nxdomain: false,
-            soa: None,
-            ..
-        }
-    ));
+    assert!(matches!(ans.disposition, Disposition::Denial { nxdomain: false, soa: None, .. }));
 }
 
 #[test]
 fn nxdomain_keeps_the_enclosing_soa_only() {
     let w = wire("nope.ns.svc.cluster.local");
     let q = question(&w, 1);
-    let mut r = response(
-        "nope.ns.svc.cluster.local.",
-        RecordType::A,
-        ResponseCode::NXDomain,
-    );
+    let mut r = response("nope.ns.svc.cluster.local.", RecordType::A, ResponseCode::NXDomain);
     r.add_authority(soa("evil.example.", 99999, 99999));
     r.add_authority(soa("cluster.local.", 30, 5));
     let (ans, parsed) = answer(&r, &q);
@@ -223,11 +172,7 @@ fn nxdomain_keeps_the_enclosing_soa_only() {
     assert_eq!(parsed.authorities[0].name, name("cluster.local."));
     assert_eq!(
         ans.disposition,
-        Disposition::Denial {
-            nxdomain: true,
-            soa: Some((Ttl::from_secs(30), Ttl::from_secs(5))),
-            chain_ttl: None,
-        }
+        Disposition::Denial { nxdomain: true, soa: Some((Ttl::from_secs(30), Ttl::from_secs(5))), chain_ttl: None }
     );
 }
 
@@ -235,52 +180,26 @@ fn nxdomain_keeps_the_enclosing_soa_only() {
 fn failures_truncation_and_mismatches() {
     let w = wire("a.example");
     let q = question(&w, 1);
-    let sf = response("a.example.", RecordType::A, ResponseCode::ServFail)
-        .to_vec()
-        .unwrap();
-    assert!(matches!(
-        ingest(&sf, &q, &Name::root()).unwrap(),
-        Ingested::Failure { rcode: 2 }
-    ));
-    let refused = response("a.example.", RecordType::A, ResponseCode::Refused)
-        .to_vec()
-        .unwrap();
-    assert!(matches!(
-        ingest(&refused, &q, &Name::root()).unwrap(),
-        Ingested::Failure { rcode: 5 }
-    ));
+    let sf = response("a.example.", RecordType::A, ResponseCode::ServFail).to_vec().unwrap();
+    assert!(matches!(ingest(&sf, &q, &Name::root()).unwrap(), Ingested::Failure { rcode: 2 }));
+    let refused = response("a.example.", RecordType::A, ResponseCode::Refused).to_vec().unwrap();
+    assert!(matches!(ingest(&refused, &q, &Name::root()).unwrap(), Ingested::Failure { rcode: 5 }));
 
     let mut tc = response("a.example.", RecordType::A, ResponseCode::NoError);
     tc.metadata.truncation = true;
-    assert!(matches!(
-        ingest(&tc.to_vec().unwrap(), &q, &Name::root()).unwrap(),
-        Ingested::Truncated
-    ));
+    assert!(matches!(ingest(&tc.to_vec().unwrap(), &q, &Name::root()).unwrap(), Ingested::Truncated));
 
-    let other = response("b.example.", RecordType::A, ResponseCode::NoError)
-        .to_vec()
-        .unwrap();
-    assert!(matches!(
-        ingest(&other, &q, &Name::root()),
-        Err(IngestError::QuestionMismatch)
-    ));
-    let wrong_type = response("a.example.", RecordType::AAAA, ResponseCode::NoError)
-        .to_vec()
-        .unwrap();
-    assert!(matches!(
-        ingest(&wrong_type, &q, &Name::root()),
-        Err(IngestError::QuestionMismatch)
-    ));
+    let other = response("b.example.", RecordType::A, ResponseCode::NoError).to_vec().unwrap();
+    assert!(matches!(ingest(&other, &q, &Name::root()), Err(IngestError::QuestionMismatch)));
+    let wrong_type = response("a.example.", RecordType::AAAA, ResponseCode::NoError).to_vec().unwrap();
+    assert!(matches!(ingest(&wrong_type, &q, &Name::root()), Err(IngestError::QuestionMismatch)));
     let mut query_not_response = response("a.example.", RecordType::A, ResponseCode::NoError);
     query_not_response.metadata.message_type = MessageType::Query;
     assert!(matches!(
         ingest(&query_not_response.to_vec().unwrap(), &q, &Name::root()),
         Err(IngestError::QuestionMismatch)
     ));
-    assert!(matches!(
-        ingest(&[0u8; 5], &q, &Name::root()),
-        Err(IngestError::QuestionMismatch)
-    ));
+    assert!(matches!(ingest(&[0u8; 5], &q, &Name::root()), Err(IngestError::QuestionMismatch)));
 }
 
 #[test]
@@ -291,30 +210,18 @@ fn too_many_records_is_refused() {
     for i in 0..(MAX_RECORDS + 1) {
         r.add_answer(a("big.example.", 30, [10, 0, (i >> 8) as u8, i as u8]));
     }
-    assert!(matches!(
-        ingest(&r.to_vec().unwrap(), &q, &Name::root()),
-        Err(IngestError::TooManyRecords(_))
-    ));
+    assert!(matches!(ingest(&r.to_vec().unwrap(), &q, &Name::root()), Err(IngestError::TooManyRecords(_))));
 }
 
 #[test]
 fn srv_glue_inside_bailiwick_only() {
     let w = wire("_http._tcp.web.ns.svc.cluster.local");
     let q = question(&w, 33);
-    let mut r = response(
-        "_http._tcp.web.ns.svc.cluster.local.",
-        RecordType::SRV,
-        ResponseCode::NoError,
-    );
+    let mut r = response("_http._tcp.web.ns.svc.cluster.local.", RecordType::SRV, ResponseCode::NoError);
     r.add_answer(Record::from_rdata(
         name("_http._tcp.web.ns.svc.cluster.local."),
         30,
-        RData::SRV(SRV::new(
-            0,
-            100,
-            80,
-            name("pod-1.web.ns.svc.cluster.local."),
-        )),
+        RData::SRV(SRV::new(0, 100, 80, name("pod-1.web.ns.svc.cluster.local."))),
     ));
     r.add_answer(Record::from_rdata(
         name("_http._tcp.web.ns.svc.cluster.local."),
@@ -332,12 +239,7 @@ fn srv_glue_inside_bailiwick_only() {
     let (_, parsed) = answer(&r, &q);
     assert_eq!(parsed.answers.len(), 2);
     assert_eq!(parsed.additionals.len(), 2);
-    assert!(
-        parsed
-            .additionals
-            .iter()
-            .all(|r| r.name == name("pod-1.web.ns.svc.cluster.local."))
-    );
+    assert!(parsed.additionals.iter().all(|r| r.name == name("pod-1.web.ns.svc.cluster.local.")));
 }
 
 #[test]

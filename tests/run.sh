@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole nodedns test suite: unit, integration, end-to-end (real binary against a fake
+# upstream and Knot DNS, glibc clients in network namespaces), and the deploy manifest checks.
+# Installs the Debian packages the tests need when they are missing (needs root for that; the
+# namespace and firewall tests need root anyway).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(knot bind9-dnsutils iproute2 iptables nftables conntrack procps libc-bin python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "== installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "missing packages: ${missing[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+fi
+# knotd refuses to start without its run directory on some systems.
+mkdir -p /run/knot 2>/dev/null || true
+
+echo "== build"
+cargo build --workspace --bins --locked
+echo "== tests"
+cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+echo "== deploy manifests"
+NODEDNS_BIN="$PWD/target/debug/nodedns" tests/deploy/validate.sh
