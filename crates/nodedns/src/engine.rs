@@ -281,6 +281,16 @@ impl Engine {
             return render_rcode(query, Rcode::Refused, out).map(|len| MissAnswer { len, result: CacheResult::Miss });
         };
 
+        if zone.config.kubernetes_schema
+            && crate::schema::verdict(&qname, &zone.config) == crate::schema::SchemaVerdict::CannotExist
+        {
+            if let Some(len) = self.synthesize_nxdomain(&zone, query, transport, out).await {
+                self.metrics.local_synthesized.with_label_values(&[&zone.label]).inc();
+                return Some(MissAnswer { len, result: CacheResult::Miss });
+            }
+            // No SOA learned yet (upstream down): fall through and ask upstream like any name.
+        }
+
         let mut rx = self.fetch(&zone, &key);
         let result = if has_stale {
             // RFC 8767 §5: answer from stale data if the refresh takes longer than the client
@@ -425,6 +435,37 @@ impl Engine {
                     };
                 }
             }
+        }
+    }
+
+    /// Answers NXDOMAIN locally for a name that cannot exist under the Kubernetes DNS schema,
+    /// with the zone's SOA in the authority section (learned from upstream and cached).
+    async fn synthesize_nxdomain(
+        self: &Arc<Self>,
+        zone: &Arc<Zone>,
+        query: &Query<'_>,
+        transport: Transport,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let soa = self.zone_soa(zone).await?;
+        let answer = crate::schema::nxdomain_answer(query, &soa)?;
+        let fetched = Fetched::new(&answer, &zone.config.ttl);
+        render_cached(query, &fetched.view(), transport, out)
+    }
+
+    /// The zone apex SOA answer (wire message), from the cache or one upstream query.
+    async fn zone_soa(self: &Arc<Self>, zone: &Arc<Zone>) -> Option<Vec<u8>> {
+        let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&zone.config.name.to_lowercase()).ok()?;
+        let name = LowerName::new(&wire).ok()?;
+        let (key, member) = CacheKey::for_query(name, 6, nodedns_cache::CLASS_IN, false, false);
+        let now = self.now();
+        if let Some(m) = self.cache.lookup(&key, member, now, |v| v.message().to_vec()) {
+            return Some(m);
+        }
+        let mut rx = self.fetch(zone, &key);
+        match rx.recv().await.ok()?.as_ref() {
+            FetchResult::Single(f) => Some(f.message.clone()),
+            _ => None,
         }
     }
 

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod node_setup;
 pub mod probe;
 pub mod reload;
+pub mod schema;
 pub mod server;
