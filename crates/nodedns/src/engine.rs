@@ -130,10 +130,28 @@ pub struct Engine {
     shed_warn: RateLimitedWarn,
 }
 
-/// What the miss path produced for a client.
+/// What the miss path produced for a client: the answer's bytes, allocated at their exact size
+/// only once the answer is known (a query waiting on upstream holds no output buffer).
 pub struct MissAnswer {
-    pub len: usize,
+    pub bytes: Vec<u8>,
     pub result: CacheResult,
+}
+
+/// What to answer, decided (after waiting, if need be) before anything is rendered.
+enum Decision {
+    Rcode(Rcode),
+    /// The cache has a fresh answer now.
+    Cached,
+    Fetched(Arc<FetchResult>, Member),
+    /// Upstream failed or was too slow: stale data if any, else SERVFAIL.
+    StaleOrServFail,
+    Synthesized(Box<CacheableAnswer>, TtlPolicy),
+}
+
+thread_local! {
+    /// Render scratch for the miss path: rendering is synchronous, so one buffer per runtime
+    /// thread serves every miss.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; nodedns_wire::MAX_MESSAGE]);
 }
 
 impl Engine {
@@ -221,72 +239,103 @@ impl Engine {
             .flatten()
     }
 
-    /// The miss path for one client query (owned packet). Renders the answer into `out`.
-    pub async fn answer_miss(
-        self: &Arc<Self>,
-        packet: &[u8],
-        transport: Transport,
-        out: &mut [u8],
-    ) -> Option<MissAnswer> {
+    /// The miss path for one client query (owned packet).
+    pub async fn answer_miss(self: &Arc<Self>, packet: &[u8], transport: Transport) -> Option<MissAnswer> {
         let Parsed::Query(query) = parse_query(packet) else {
             return None;
         };
-        if self.waiting.load(Relaxed) >= self.max_inflight {
+        let decision = if self.waiting.load(Relaxed) >= self.max_inflight {
             self.metrics.shed(ShedReason::Inflight);
             if self.shed_warn.allow() {
                 warn!(limit = self.max_inflight, "shedding queries: too many waiting for upstream answers");
             }
-            return render_rcode(&query, Rcode::Refused, out).map(|len| MissAnswer { len, result: CacheResult::Miss });
-        }
-        self.waiting.fetch_add(1, Relaxed);
-        self.metrics.inflight.inc();
-        let r = self.answer_miss_inner(&query, transport, out).await;
-        self.metrics.inflight.dec();
-        self.waiting.fetch_sub(1, Relaxed);
-        r
+            Decision::Rcode(Rcode::Refused)
+        } else {
+            self.waiting.fetch_add(1, Relaxed);
+            self.metrics.inflight.inc();
+            let d = self.decide(&query).await;
+            self.metrics.inflight.dec();
+            self.waiting.fetch_sub(1, Relaxed);
+            d
+        };
+        SCRATCH.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            let (len, result) = self.render_decision(&query, decision, transport, &mut out)?;
+            Some(MissAnswer { bytes: out[..len].to_vec(), result })
+        })
     }
 
-    async fn answer_miss_inner(
-        self: &Arc<Self>,
+    fn render_decision(
+        &self,
         query: &Query<'_>,
+        decision: Decision,
         transport: Transport,
         out: &mut [u8],
-    ) -> Option<MissAnswer> {
+    ) -> Option<(usize, CacheResult)> {
+        let mut name_buf = [0u8; MAX_NAME_LEN];
+        let (key, member) = query.cache_key(&mut name_buf);
+        let miss = |len| (len, CacheResult::Miss);
+        match decision {
+            Decision::Rcode(rcode) => render_rcode(query, rcode, out).map(miss),
+            Decision::Fetched(result, member) => match result.member(member) {
+                Some(f) => render_cached(query, &f.view(), transport, out).map(miss),
+                None => self.render_decision(query, Decision::StaleOrServFail, transport, out),
+            },
+            Decision::Synthesized(answer, policy) => {
+                render_cached(query, &Fetched::new(&answer, &policy).view(), transport, out).map(miss)
+            }
+            Decision::Cached | Decision::StaleOrServFail => {
+                let now = self.now();
+                let from_cache = self
+                    .cache
+                    .lookup(&key, member, now, |view| {
+                        let result = match view.freshness {
+                            Freshness::Fresh { .. } => CacheResult::Hit,
+                            Freshness::Stale { .. } => CacheResult::Stale,
+                        };
+                        render_cached(query, view, transport, out).map(|len| (len, result))
+                    })
+                    .flatten();
+                match from_cache {
+                    // A fresh entry found after the upstream failed was filled by another fetch.
+                    Some((len, CacheResult::Hit)) if matches!(decision, Decision::StaleOrServFail) => {
+                        Some((len, CacheResult::Miss))
+                    }
+                    Some(r) => Some(r),
+                    None => render_rcode(query, Rcode::ServFail, out).map(miss),
+                }
+            }
+        }
+    }
+
+    /// Decides how to answer a miss, waiting for upstream if needed.
+    async fn decide(self: &Arc<Self>, query: &Query<'_>) -> Decision {
         let mut name_buf = [0u8; MAX_NAME_LEN];
         let (key, member) = query.cache_key(&mut name_buf);
 
         // Filled while this query waited in a queue?
         let now = self.now();
-        let mut has_stale = false;
-        if let Some(r) = self.cache.lookup(&key, member, now, |view| match view.freshness {
-            Freshness::Fresh { .. } => render_cached(query, view, transport, out),
-            Freshness::Stale { .. } => {
-                has_stale = true;
-                None
-            }
-        }) && let Some(len) = r
-        {
-            return Some(MissAnswer { len, result: CacheResult::Hit });
-        }
+        let freshness = self.cache.lookup(&key, member, now, |view| view.freshness);
+        let has_stale = match freshness {
+            Some(Freshness::Fresh { .. }) => return Decision::Cached,
+            Some(Freshness::Stale { .. }) => true,
+            None => false,
+        };
 
-        let qname = match name_from_wire(key.name.as_wire()) {
-            Some(n) => n,
-            None => {
-                return render_rcode(query, Rcode::FormErr, out)
-                    .map(|len| MissAnswer { len, result: CacheResult::Miss });
-            }
+        let Some(qname) = name_from_wire(key.name.as_wire()) else {
+            return Decision::Rcode(Rcode::FormErr);
         };
         let Some(zone) = self.zone_for(&qname) else {
             // No zone covers the name and there is no "." zone: not ours to answer.
-            return render_rcode(query, Rcode::Refused, out).map(|len| MissAnswer { len, result: CacheResult::Miss });
+            return Decision::Rcode(Rcode::Refused);
         };
 
         if zone.config.kubernetes_schema
             && crate::schema::verdict(&qname, &zone.config) == crate::schema::SchemaVerdict::CannotExist
         {
-            if let Some(len) = self.synthesize_nxdomain(&zone, query, transport, out).await {
+            if let Some(answer) = self.synthesize_nxdomain(&zone, query).await {
                 self.metrics.local_synthesized.with_label_values(&[&zone.label]).inc();
-                return Some(MissAnswer { len, result: CacheResult::Miss });
+                return Decision::Synthesized(Box::new(answer), zone.config.ttl);
             }
             // No SOA learned yet (upstream down): fall through and ask upstream like any name.
         }
@@ -302,20 +351,10 @@ impl Engine {
         } else {
             rx.recv().await.ok()
         };
-
-        if let Some(result) = &result
-            && let Some(f) = result.member(member)
-        {
-            return render_cached(query, &f.view(), transport, out)
-                .map(|len| MissAnswer { len, result: CacheResult::Miss });
+        match result {
+            Some(r) if r.member(member).is_some() => Decision::Fetched(r, member),
+            _ => Decision::StaleOrServFail,
         }
-        // Upstream failed or is too slow: stale data if we have it, else SERVFAIL.
-        let now = self.now();
-        let stale = self.cache.lookup(&key, member, now, |view| render_cached(query, view, transport, out)).flatten();
-        if let Some(len) = stale {
-            return Some(MissAnswer { len, result: CacheResult::Stale });
-        }
-        render_rcode(query, Rcode::ServFail, out).map(|len| MissAnswer { len, result: CacheResult::Miss })
     }
 
     /// Starts a refresh of a popular entry before it expires (prefetch). Coalesced with any
@@ -438,19 +477,11 @@ impl Engine {
         }
     }
 
-    /// Answers NXDOMAIN locally for a name that cannot exist under the Kubernetes DNS schema,
-    /// with the zone's SOA in the authority section (learned from upstream and cached).
-    async fn synthesize_nxdomain(
-        self: &Arc<Self>,
-        zone: &Arc<Zone>,
-        query: &Query<'_>,
-        transport: Transport,
-        out: &mut [u8],
-    ) -> Option<usize> {
+    /// The NXDOMAIN answer for a name that cannot exist under the Kubernetes DNS schema, with
+    /// the zone's SOA in the authority section (learned from upstream and cached).
+    async fn synthesize_nxdomain(self: &Arc<Self>, zone: &Arc<Zone>, query: &Query<'_>) -> Option<CacheableAnswer> {
         let soa = self.zone_soa(zone).await?;
-        let answer = crate::schema::nxdomain_answer(query, &soa)?;
-        let fetched = Fetched::new(&answer, &zone.config.ttl);
-        render_cached(query, &fetched.view(), transport, out)
+        crate::schema::nxdomain_answer(query, &soa)
     }
 
     /// The zone apex SOA answer (wire message), from the cache or one upstream query.

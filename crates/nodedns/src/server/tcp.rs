@@ -227,12 +227,13 @@ async fn serve_connection(
         let writer = writer.clone();
         let timeout = limits.tcp_idle_timeout;
         tokio::spawn(async move {
-            let mut out = vec![0u8; MAX_MESSAGE + 2];
-            if let Some(answer) = engine.answer_miss(&packet, Transport::Tcp, &mut out[2..]).await {
-                engine.metrics.response(response_rcode_label(&out[2..2 + answer.len]));
+            if let Some(answer) = engine.answer_miss(&packet, Transport::Tcp).await {
+                engine.metrics.response(response_rcode_label(&answer.bytes));
                 engine.metrics.answered(answer.result, qtype, received.elapsed().as_secs_f64());
-                out[..2].copy_from_slice(&(answer.len as u16).to_be_bytes());
-                write_frame(&writer, &out[..answer.len + 2], timeout).await;
+                let mut frame = Vec::with_capacity(answer.bytes.len() + 2);
+                frame.extend_from_slice(&(answer.bytes.len() as u16).to_be_bytes());
+                frame.extend_from_slice(&answer.bytes);
+                write_frame(&writer, &frame, timeout).await;
             }
             drop(permit);
         });

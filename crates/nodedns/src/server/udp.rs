@@ -225,13 +225,12 @@ pub async fn run_miss_dispatcher(engine: Arc<Engine>, mut jobs: mpsc::Receiver<M
                 Parsed::Query(q) => q.qtype,
                 _ => 0,
             };
-            let mut out = vec![0u8; SEND_LEN];
-            let Some(answer) = engine.answer_miss(&job.packet, Transport::Udp { max_len }, &mut out).await else {
+            let Some(answer) = engine.answer_miss(&job.packet, Transport::Udp { max_len }).await else {
                 return;
             };
-            engine.metrics.response(response_rcode_label(&out[..answer.len]));
+            engine.metrics.response(response_rcode_label(&answer.bytes));
             engine.metrics.answered(answer.result, qtype, job.received.elapsed().as_secs_f64());
-            if let Err(e) = job.socket.send_to(&out[..answer.len], job.peer) {
+            if let Err(e) = job.socket.send_to(&answer.bytes, job.peer) {
                 warn!(error = %e, peer = %job.peer, "UDP send failed");
             }
         });
