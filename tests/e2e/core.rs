@@ -90,7 +90,7 @@ fn tcp_only_upstream_10k_names_at_2k_qps_stay_on_the_pool() {
     let accepted_before = up.tcp_connections_accepted();
 
     // 2,000 qps for 5 s from 4 client sockets; each answer matched by ID.
-    let sockets: Vec<UdpSocket> = (0..4).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let sockets: Vec<UdpSocket> = (0..4).map(|_| nodedns_e2e::client_socket()).collect();
     for s in &sockets {
         s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
     }
@@ -125,7 +125,23 @@ fn tcp_only_upstream_10k_names_at_2k_qps_stay_on_the_pool() {
             }
         }
     }
-    assert_eq!(answered, 10_000, "{} queries lost", outstanding.len());
+    let m = d.metrics();
+    let sent_by_nodedns = nodedns_e2e::metric_sum(&m, "nodedns_responses_total", &[]);
+    let diag: Vec<&str> = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("nodedns_upstream_errors") && !l.ends_with(" 0")
+                || l.starts_with("nodedns_inflight")
+                || l.starts_with("nodedns_shed")
+                || l.starts_with("nodedns_responses")
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        10_000,
+        "{} queries lost; nodedns sent {sent_by_nodedns} responses; {diag:#?}",
+        outstanding.len()
+    );
     // Pool size is 2 (the default): no more connections were opened for the load.
     assert!(up.tcp_connections_accepted() <= 2, "opened {} TCP connections", up.tcp_connections_accepted());
     assert!(up.tcp_connections_accepted() >= accepted_before);

@@ -42,6 +42,15 @@ pub fn free_addr() -> SocketAddr {
     panic!("no free loopback address");
 }
 
+/// A UDP client socket on 127.0.0.1 with a deep receive buffer, so a load test's own client is
+/// never the place answers are lost when the machine is busy.
+pub fn client_socket() -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    let _ = s.set_recv_buffer_size(8 << 20);
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    s.into()
+}
+
 /// A running nodedns.
 pub struct Daemon {
     child: Option<Child>,

@@ -126,6 +126,7 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
         tokio::spawn(crate::discover::run(engine.clone(), zone.config.name.clone(), stop_rx.clone()));
     }
     tokio::spawn(probe_until_answered(engine.clone(), stop_rx.clone()));
+    tokio::spawn(engine.clone().probe_ejected_loop(stop_rx.clone()));
     if let (Some(setup), Some(n)) = (&node, &config.node) {
         crate::node_setup::spawn_resync(setup.clone(), n.resync_interval, metrics.clone(), stop_rx.clone())
             .map_err(RunError::Runtime)?;

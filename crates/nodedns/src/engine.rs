@@ -522,6 +522,28 @@ impl Engine {
         self.upstream_answered.load(Relaxed)
     }
 
+    /// Every second, sends a health probe (the zone apex SOA) to each ejected endpoint, so
+    /// endpoints come back as soon as they answer instead of waiting out their backoff with
+    /// client queries as the probes.
+    pub async fn probe_ejected_loop(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            for zone in self.zones().iter() {
+                let Ok(wire) =
+                    hickory_proto::serialize::binary::BinEncodable::to_bytes(&zone.config.name.to_lowercase())
+                else {
+                    continue;
+                };
+                let Ok(name) = LowerName::new(&wire) else { continue };
+                let q = UpstreamQuestion { name, qtype: 6, qclass: 1, dnssec_ok: false, checking_disabled: false };
+                zone.pool.probe_ejected(&q, &zone.config.name).await;
+            }
+        }
+    }
+
     /// Counts of waiting queries, for tests and metrics.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Relaxed)

@@ -127,6 +127,7 @@ pub async fn probe(
                 Err(UpstreamError::Failed { last: nodedns_upstream::ErrorKind::Timeout, .. }) => r.timeouts += 1,
                 Err(UpstreamError::Failed { last, .. }) => bump(&mut r.errors, last.label()),
                 Err(UpstreamError::NoEndpoints) => bump(&mut r.errors, "no_endpoints"),
+                Err(UpstreamError::AllEjected) => bump(&mut r.errors, "ejected"),
             }
         }
         reports.push(r);

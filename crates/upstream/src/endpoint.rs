@@ -104,11 +104,17 @@ pub enum Health {
     Ejected,
 }
 
+/// Outcomes remembered for failure-rate ejection.
+pub const OUTCOME_WINDOW: u32 = 20;
+
 /// Ejection policy.
 #[derive(Clone, Copy, Debug)]
 pub struct EjectionPolicy {
     /// Consecutive failures (errors or timeouts) that eject an endpoint.
     pub consecutive_failures: u32,
+    /// Failures among the last [`OUTCOME_WINDOW`] queries that eject an endpoint: catches the
+    /// endpoint that fails a fraction of queries (a sick node) without ever failing 3 in a row.
+    pub window_failures: u32,
     /// First ejection period; doubled on each re-ejection up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
@@ -116,7 +122,12 @@ pub struct EjectionPolicy {
 
 impl Default for EjectionPolicy {
     fn default() -> Self {
-        Self { consecutive_failures: 3, base_backoff: Duration::from_secs(2), max_backoff: Duration::from_secs(60) }
+        Self {
+            consecutive_failures: 3,
+            window_failures: 5,
+            base_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(60),
+        }
     }
 }
 
@@ -126,6 +137,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub stats: EndpointStats,
     consecutive_failures: AtomicU32,
+    /// The last outcomes, newest in bit 0 (1 = failure), and how many are recorded.
+    outcomes: AtomicU64,
+    outcome_count: AtomicU32,
     ejections_in_a_row: AtomicU32,
     /// Milliseconds since `epoch` until which the endpoint is ejected; 0 when healthy.
     ejected_until_ms: AtomicU64,
@@ -147,6 +161,8 @@ impl Endpoint {
             addr,
             stats: EndpointStats::default(),
             consecutive_failures: AtomicU32::new(0),
+            outcomes: AtomicU64::new(0),
+            outcome_count: AtomicU32::new(0),
             ejections_in_a_row: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
@@ -168,6 +184,7 @@ impl Endpoint {
         self.stats.responses.fetch_add(1, Relaxed);
         self.stats.observe_latency(latency);
         self.consecutive_failures.store(0, Relaxed);
+        self.record_outcome(false);
         if self.ejected_until_ms.swap(0, Relaxed) != 0 {
             self.ejections_in_a_row.store(0, Relaxed);
             return Some(HealthChange::Readmitted);
@@ -179,9 +196,13 @@ impl Endpoint {
     pub fn record_failure(&self, kind: ErrorKind, policy: &EjectionPolicy) -> Option<HealthChange> {
         self.stats.count_error(kind);
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if failures < policy.consecutive_failures || self.health() == Health::Ejected {
+        let window = self.record_outcome(true);
+        let rate_exceeded = window.is_some_and(|w| w >= policy.window_failures);
+        if (failures < policy.consecutive_failures && !rate_exceeded) || self.health() == Health::Ejected {
             return None;
         }
+        self.outcomes.store(0, Relaxed);
+        self.outcome_count.store(0, Relaxed);
         let n = self.ejections_in_a_row.fetch_add(1, Relaxed).min(16);
         let backoff = policy.base_backoff.saturating_mul(1 << n).min(policy.max_backoff);
         self.ejected_until_ms.store(self.now_ms() + backoff.as_millis() as u64, Relaxed);
@@ -189,6 +210,16 @@ impl Endpoint {
         self.consecutive_failures.store(policy.consecutive_failures.saturating_sub(1), Relaxed);
         self.ejections.fetch_add(1, Relaxed);
         Some(HealthChange::Ejected { for_duration: backoff })
+    }
+
+    /// Shifts one outcome into the window; returns the failures in a full window.
+    fn record_outcome(&self, failure: bool) -> Option<u32> {
+        let mask = (1u64 << OUTCOME_WINDOW) - 1;
+        let prev =
+            self.outcomes.fetch_update(Relaxed, Relaxed, |o| Some(((o << 1) | failure as u64) & mask)).unwrap_or(0);
+        let bits = ((prev << 1) | failure as u64) & mask;
+        let n = self.outcome_count.fetch_add(1, Relaxed) + 1;
+        (n >= OUTCOME_WINDOW).then(|| bits.count_ones())
     }
 
     /// Selection cost: in-flight queries weighted by mean latency (lower is better).
@@ -226,6 +257,36 @@ mod tests {
         assert_eq!(e.health(), Health::Healthy);
         assert_eq!(e.stats.error(ErrorKind::Timeout), 4);
         assert_eq!(e.ejections.load(Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fraction_of_failures_ejects_without_three_in_a_row() {
+        let e = Endpoint::new("127.0.0.1:53".parse().unwrap());
+        let p = EjectionPolicy::default();
+        let mut ejected = None;
+        // 30% failures, never two in a row.
+        for i in 0..40 {
+            let change = if i % 10 == 0 || i % 10 == 3 || i % 10 == 6 {
+                e.record_failure(ErrorKind::Timeout, &p)
+            } else {
+                e.record_success(Duration::from_millis(1))
+            };
+            if matches!(change, Some(HealthChange::Ejected { .. })) {
+                ejected = Some(i);
+                break;
+            }
+        }
+        assert!(ejected.is_some(), "30% failures must eject");
+        // A healthy endpoint with a rare failure is not ejected.
+        let h = Endpoint::new("127.0.0.2:53".parse().unwrap());
+        for i in 0..200 {
+            let change = if i % 25 == 0 {
+                h.record_failure(ErrorKind::Timeout, &p)
+            } else {
+                h.record_success(Duration::from_millis(1))
+            };
+            assert_eq!(change, None);
+        }
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct EndpointState {
 pub enum UpstreamError {
     #[error("no upstream endpoint configured")]
     NoEndpoints,
+    #[error("every upstream endpoint is ejected")]
+    AllEjected,
     #[error("every attempt failed; last failure: {}", .last.label())]
     Failed { last: ErrorKind, rcode: Option<u16> },
 }
@@ -221,12 +223,35 @@ impl UpstreamPool {
             return Err(UpstreamError::NoEndpoints);
         }
         let attempts = self.config.max_attempts.max(1);
+        if endpoints.iter().all(|e| e.endpoint.health() == Health::Ejected) {
+            // Fail fast: every endpoint failed repeatedly and is backing off. The client gets
+            // SERVFAIL (or stale data) now instead of after timeouts; active probes re-admit
+            // endpoints as soon as they answer again.
+            return Err(UpstreamError::AllEjected);
+        }
+        let started = Instant::now();
+        // At most two attempt-lengths in all, so the client (glibc waits 5 s) still gets an answer.
+        let budget = self.config.query_timeout.saturating_mul(2);
         let mut tried = Vec::with_capacity(attempts);
         let mut last = UpstreamError::Failed { last: ErrorKind::Timeout, rcode: None };
         for _ in 0..attempts {
             if tried.len() == endpoints.len() {
-                // Fewer endpoints than attempts: try them again (a closed connection is re-opened).
+                // Every endpoint was tried. Over TCP a timeout means the endpoint is slow, not
+                // that the query was lost, and SERVFAIL from all of them will not change: asking
+                // again only multiplies load on a struggling upstream (the retry storm that drove
+                // CoreDNS out of memory). Only a broken connection earns another try.
+                let retry = match last {
+                    UpstreamError::Failed { last: ErrorKind::Timeout, .. } => self.config.transport == Transport::Udp,
+                    UpstreamError::Failed { last: ErrorKind::Rcode, .. } => false,
+                    _ => true,
+                };
+                if !retry {
+                    break;
+                }
                 tried.clear();
+            }
+            if started.elapsed() >= budget {
+                break;
             }
             let Some(i) = self.pick(&endpoints, &tried) else {
                 break;
@@ -243,6 +268,23 @@ impl UpstreamPool {
             }
         }
         Err(last)
+    }
+
+    /// Sends one health probe to an ejected endpoint (outside client traffic); a success
+    /// re-admits it. Returns whether it answered.
+    pub async fn probe_ejected(&self, q: &UpstreamQuestion<'_>, bailiwick: &Name) -> usize {
+        let mut readmitted = 0;
+        let all = self.endpoints().iter().chain(self.fallback.read().iter()).cloned().collect::<Vec<_>>();
+        for state in all.iter().filter(|s| s.endpoint.health() == Health::Ejected) {
+            let started = Instant::now();
+            if self.exchange_and_ingest(state, q, bailiwick).await.is_ok()
+                && state.endpoint.record_success(started.elapsed()) == Some(HealthChange::Readmitted)
+            {
+                info!(endpoint = %state.endpoint.addr, "upstream endpoint answered a health probe: re-admitted");
+                readmitted += 1;
+            }
+        }
+        readmitted
     }
 
     async fn attempt(
