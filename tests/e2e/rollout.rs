@@ -1,1 +1,227 @@
-//! (being written)
+//! Zero-downtime rollout and hot reload (issue 6).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use nodedns_e2e::testkit::{FakeUpstream, query_udp};
+use nodedns_e2e::{Daemon, client_socket, free_addr, metric_sum};
+
+fn config(upstream: SocketAddr, handover: &str, max_ttl: u32) -> String {
+    format!(
+        r#"listen: ["{{DNS}}"]
+cache:
+  min_ttl_secs: 1
+zones:
+  - name: "."
+    upstreams: ["{upstream}"]
+    transport: tcp
+    max_ttl_secs: {max_ttl}
+admin:
+  listen: "{{ADMIN}}"
+server:
+  drain_timeout_secs: 5
+  handover_socket: "{handover}"
+"#
+    )
+}
+
+/// Load results: per-query latency, counts of lost and SERVFAIL answers.
+#[derive(Default, Debug)]
+struct LoadReport {
+    sent: usize,
+    answered: usize,
+    servfail: usize,
+    latencies: Vec<Duration>,
+}
+
+impl LoadReport {
+    fn p99(&self) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l.get(((l.len() as f64) * 0.99) as usize).copied().unwrap_or_default()
+    }
+}
+
+/// Sends `qps` queries a second to `dns` for `duration` (names cycling through `names`), on
+/// one socket, and collects every answer; waits up to 3 s at the end for stragglers.
+fn run_load(dns: SocketAddr, qps: u64, duration: Duration, names: &[String], stop: Arc<AtomicBool>) -> LoadReport {
+    let s: UdpSocket = client_socket();
+    s.set_nonblocking(true).unwrap();
+    // Encoded once: the loop only patches the ID, so the client keeps up with the rate.
+    let packets: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| {
+            let mut q = Message::new(0, MessageType::Query, OpCode::Query);
+            q.metadata.recursion_desired = true;
+            q.add_query(Query::query(Name::from_ascii(n).unwrap(), RecordType::A));
+            q.to_vec().unwrap()
+        })
+        .collect();
+    let mut pending: HashMap<u16, Instant> = HashMap::new();
+    let mut r = LoadReport::default();
+    let mut buf = [0u8; 1500];
+    let start = Instant::now();
+    let interval = Duration::from_nanos(1_000_000_000 / qps);
+    let mut next = start;
+    let drain = |s: &UdpSocket, pending: &mut HashMap<u16, Instant>, r: &mut LoadReport, buf: &mut [u8]| {
+        while let Ok(n) = s.recv(buf) {
+            if n < 12 {
+                continue;
+            }
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            if let Some(t) = pending.remove(&id) {
+                r.answered += 1;
+                r.latencies.push(t.elapsed());
+                if buf[3] & 0x0f == 2 {
+                    r.servfail += 1;
+                }
+            }
+        }
+    };
+    while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
+        while Instant::now() >= next {
+            let id = (r.sent % 65536) as u16;
+            let mut p = packets[r.sent % packets.len()].clone();
+            p[..2].copy_from_slice(&id.to_be_bytes());
+            // A full send buffer is the client's problem, not a lost query: retry.
+            while s.send_to(&p, dns).is_err() {
+                drain(&s, &mut pending, &mut r, &mut buf);
+            }
+            pending.insert(id, Instant::now());
+            r.sent += 1;
+            next += interval;
+        }
+        drain(&s, &mut pending, &mut r, &mut buf);
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let end = Instant::now() + Duration::from_secs(3);
+    while !pending.is_empty() && Instant::now() < end {
+        drain(&s, &mut pending, &mut r, &mut buf);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    r
+}
+
+#[test]
+fn process_replaced_three_times_under_load_loses_nothing() {
+    let up = FakeUpstream::start();
+    let names: Vec<String> = (0..2000).map(|i| format!("svc{i}.example.")).collect();
+    for n in &names {
+        up.answer(n, RecordType::A, &["192.0.2.1"], 300);
+        up.answer(n, RecordType::AAAA, &["2001:db8::1"], 300);
+    }
+    let dns = free_addr();
+    let dir = std::env::temp_dir().join(format!("nodedns-rollout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let handover = dir.join("handover.sock");
+    let cfg = config(up.addr(), handover.to_str().unwrap(), 3600);
+    let secs: u64 = std::env::var("NODEDNS_ROLLOUT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+
+    // Baseline: the same load without replacements.
+    let baseline = {
+        let d = Daemon::spawn_at(
+            &cfg.replace(handover.to_str().unwrap(), dir.join("base.sock").to_str().unwrap()),
+            free_addr(),
+            free_addr(),
+            &[],
+        );
+        d.wait_ready(Duration::from_secs(10));
+        run_load(d.dns, 5000, Duration::from_secs(secs.min(10)), &names, Arc::new(AtomicBool::new(false)))
+    };
+
+    let mut current = Daemon::spawn_at(&cfg, dns, free_addr(), &[]);
+    current.wait_ready(Duration::from_secs(10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let names = names.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || run_load(dns, 5000, Duration::from_secs(secs), &names, stop))
+    };
+    let mut replaced = 0;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(secs / 4));
+        // Start the new process (same DNS address and handover socket, its own admin port),
+        // wait until it is ready, then SIGTERM the old one.
+        let next = Daemon::spawn_at(&cfg, dns, free_addr(), &[]);
+        next.wait_ready(Duration::from_secs(10));
+        assert!(next.log().contains("received DNS sockets"), "no handover: {}", next.log());
+        let code = current.stop();
+        assert_eq!(code, Some(0), "old process exits cleanly after draining");
+        current = next;
+        replaced += 1;
+    }
+    let report = load.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    eprintln!(
+        "rollout: {replaced} replacements; sent {} answered {} servfail {}; p99 {:?} (baseline p99 {:?}, baseline sent {} answered {})",
+        report.sent,
+        report.answered,
+        report.servfail,
+        report.p99(),
+        baseline.p99(),
+        baseline.sent,
+        baseline.answered
+    );
+    assert_eq!(replaced, 3);
+    assert_eq!(report.sent - report.answered, 0, "queries lost during handovers");
+    assert_eq!(report.servfail, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reload_applies_new_ttls_and_upstreams_keeps_the_cache_and_rejects_bad_files() {
+    let a = FakeUpstream::start();
+    let b = FakeUpstream::start();
+    for up in [&a, &b] {
+        for n in ["cached.example", "fresh.example", "later.example"] {
+            up.answer(n, RecordType::A, &["192.0.2.1"], 300);
+            up.answer(n, RecordType::AAAA, &["2001:db8::1"], 300);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("nodedns-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let handover = dir.join("h.sock");
+    let d = Daemon::spawn(&config(a.addr(), handover.to_str().unwrap(), 30), &[]);
+    d.wait_ready(Duration::from_secs(10));
+    let ttl = |name: &str| query_udp(d.dns, name, RecordType::A, Duration::from_secs(3)).unwrap().answers[0].ttl;
+    assert!(ttl("cached.example") <= 30);
+
+    // New TTL ceiling and a new upstream, through the file.
+    let next = nodedns_e2e::render(&config(b.addr(), handover.to_str().unwrap(), 10), d.dns, d.admin);
+    std::fs::write(&d.config_path, next).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.metric("nodedns_config_reloads_total{result=\"success\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "reload not picked up: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hits_before = d.metric("nodedns_cache_hits_total");
+    // The cache is still warm: the cached name is a hit and never reaches the new upstream.
+    assert!(ttl("cached.example") > 10);
+    assert_eq!(b.query_count("cached.example", RecordType::A), 0);
+    assert!(d.metric("nodedns_cache_hits_total") > hits_before);
+    // New names go to the new upstream, with the new ceiling.
+    assert!(ttl("fresh.example") <= 10);
+    assert_eq!(b.query_count("fresh.example", RecordType::A), 1);
+    assert_eq!(a.query_count("fresh.example", RecordType::A), 0);
+
+    // An invalid file is rejected; the running config keeps serving.
+    std::fs::write(&d.config_path, "listen: [\"nonsense\"]\nzones: []\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.metric("nodedns_config_reloads_total{result=\"failure\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "invalid reload not noticed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ttl("later.example") <= 10);
+    assert_eq!(b.query_count("later.example", RecordType::A), 1);
+    let m = d.metrics();
+    assert!(metric_sum(&m, "nodedns_responses_total", &["rcode=\"NOERROR\""]) >= 4.0);
+    assert!(d.log().contains("config reload rejected"));
+    let r = query_udp(d.dns, "cached.example", RecordType::A, Duration::from_secs(3)).unwrap();
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -72,7 +72,29 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
         None => None,
     };
 
-    let listeners = Listeners::bind(&config.listen, workers).map_err(RunError::Bind)?;
+    // Zero-loss rollout: take the predecessor's sockets if one serves on this node.
+    let handed_over = Arc::new(AtomicBool::new(false));
+    let received = match &config.server.handover_socket {
+        Some(path) => match crate::handover::receive(path) {
+            Ok(fds) => {
+                info!(sockets = fds.len(), "received DNS sockets from the running nodedns");
+                fds
+            }
+            Err(crate::handover::HandoverError::NoPredecessor(_)) => Vec::new(),
+            Err(e) => {
+                warn!(error = %e, "socket handover failed; binding new sockets");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    let inherited = !received.is_empty();
+    let listeners = Listeners::adopt_or_bind(&config.listen, workers, received).map_err(RunError::Bind)?;
+    if let Some(path) = &config.server.handover_socket {
+        let dups = listeners.duplicates().map_err(RunError::Bind)?;
+        crate::handover::serve(path, dups, handed_over.clone()).map_err(RunError::Bind)?;
+    }
+    let own_udp_inodes: Vec<u64> = listeners.udp.iter().filter_map(|(_, s)| socket_inode(s)).collect();
     let mut admin_listeners = Vec::new();
     for a in &config.admin.listen {
         admin_listeners.push(bind_tcp(*a).map_err(RunError::Bind)?);
@@ -144,6 +166,7 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
         admin = ?config.admin.listen,
         workers,
         startup_ms = started.elapsed().as_millis() as u64,
+        inherited_sockets = inherited,
         "nodedns serving"
     );
 
@@ -164,10 +187,15 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     if engine.waiting() > 0 {
         warn!(waiting = engine.waiting(), "drain deadline reached with queries still waiting");
     }
+    if let Some(path) = &config.server.handover_socket {
+        crate::handover::remove_if_ours(path, &handed_over);
+    }
     if let (Some(setup), Some(n)) = (&node, &config.node)
         && n.teardown_on_exit
     {
-        if crate::node_setup::other_instance_serving(&config.listen) {
+        if handed_over.load(Relaxed) {
+            info!("sockets were handed to a successor: leaving node setup in place");
+        } else if crate::node_setup::other_instance_serving(&config.listen, &own_udp_inodes) {
             info!("another nodedns instance serves this node: leaving node setup in place");
         } else if let Err(e) = setup.teardown().await {
             metrics.node_setup_error(e.kind());
@@ -179,6 +207,14 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     admin_state.serving.store(false, Relaxed);
     info!(drain_ms = drain_started.elapsed().as_millis() as u64, "nodedns stopped");
     Ok(())
+}
+
+/// The inode of a socket (as /proc/net/udp lists it), to tell our sockets from another
+/// instance's.
+fn socket_inode(s: &std::net::UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd())).ok().map(|m| m.ino())
 }
 
 async fn wait_for_shutdown() {

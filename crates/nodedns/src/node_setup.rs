@@ -68,18 +68,61 @@ pub async fn apply(setup: &NodeSetup, metrics: &Metrics, initial: bool) -> Resul
 }
 
 /// Runs [`resync_loop`] on its own thread: the netlink futures are not `Send`, and node setup
-/// must never compete with the DNS runtime anyway.
+/// must never compete with the DNS runtime anyway. With the nftables backend, also renews the
+/// host-client lease on a second thread (see [`renew_host_client_lease`]).
 pub fn spawn_resync(
     setup: Arc<NodeSetup>,
     interval: std::time::Duration,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    if let Some(lease) = setup.host_client_lease() {
+        match lease {
+            Ok(lease) => {
+                let (metrics, stop) = (metrics.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name("nodedns-lease".into())
+                    .spawn(move || renew_host_client_lease(lease, &metrics, &stop))?;
+            }
+            Err(e) => {
+                count_error(&metrics, &e);
+                error!(error = %e, "host-network clients will use kube-proxy's path (no lease)");
+            }
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new()
         .name("nodedns-resync".into())
         .spawn(move || rt.block_on(resync_loop(setup, interval, metrics, stop)))?;
     Ok(())
+}
+
+/// Renews the host-client lease every [`nodedns_node::RENEW_EVERY`] until `stop`: while it is
+/// renewed, host-network clients' queries to our addresses bypass conntrack (and so
+/// kube-proxy's DNAT) and reach us; once renewal stops — shutdown, SIGKILL, OOM, a wedged
+/// process — the elements expire within [`nodedns_node::LEASE`] and those clients go to
+/// kube-dns through kube-proxy. Its own thread, with no runtime: a busy DNS runtime must not
+/// delay renewal, and a renewal is one netlink round trip.
+fn renew_host_client_lease(mut lease: nodedns_node::HostClientLease, metrics: &Metrics, stop: &watch::Receiver<bool>) {
+    let mut failing = false;
+    while !*stop.borrow() {
+        match lease.renew() {
+            Ok(()) if failing => {
+                info!("host-client lease renewed again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                count_error(metrics, &e);
+                // Once per failure streak: the table may simply be gone until the next resync.
+                if !failing {
+                    warn!(error = %e, "host-client lease renewal failed; retrying every 500 ms");
+                }
+                failing = true;
+            }
+        }
+        std::thread::sleep(nodedns_node::RENEW_EVERY);
+    }
 }
 
 /// Re-applies the setup every `interval` until `stop` turns true.
@@ -103,11 +146,16 @@ pub async fn resync_loop(
 
 /// Whether any UDP socket other than ours is bound to one of `addrs` — i.e. another nodedns
 /// instance serves the node (call after closing our own sockets). Reads /proc/net/udp{,6}.
-pub fn other_instance_serving(addrs: &[SocketAddr]) -> bool {
+pub fn other_instance_serving(addrs: &[SocketAddr], own_inodes: &[u64]) -> bool {
     let mut bound = Vec::new();
     for (file, v6) in [("/proc/net/udp", false), ("/proc/net/udp6", true)] {
         if let Ok(text) = std::fs::read_to_string(file) {
-            bound.extend(text.lines().skip(1).filter_map(|l| parse_proc_net_local(l, v6)));
+            bound.extend(text.lines().skip(1).filter_map(|l| {
+                // Field 10 is the socket's inode: sockets still open in this process (an
+                // in-flight answer holding one) are ours, not another instance's.
+                let inode: u64 = l.split_whitespace().nth(9)?.parse().ok()?;
+                (!own_inodes.contains(&inode)).then(|| parse_proc_net_local(l, v6)).flatten()
+            }));
         }
     }
     addrs.iter().any(|a| bound.contains(a))
@@ -154,8 +202,12 @@ mod tests {
     fn sees_a_bound_socket() {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let a = s.local_addr().unwrap();
-        assert!(other_instance_serving(&[a]));
+        assert!(other_instance_serving(&[a], &[]));
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd())).unwrap().ino();
+        assert!(!other_instance_serving(&[a], &[inode]), "our own socket does not count");
         drop(s);
-        assert!(!other_instance_serving(&[a]));
+        assert!(!other_instance_serving(&[a], &[]));
     }
 }

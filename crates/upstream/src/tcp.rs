@@ -16,6 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use nodedns_wire::framing::{Peer, frame_len};
 use nodedns_wire::{UpstreamQuestion, answers_question, build_query};
 
 use crate::OwnedQuestion;
@@ -154,12 +155,11 @@ async fn read_loop(mut read: OwnedReadHalf, conn: Arc<TcpConn>, endpoint: Arc<En
         if read.read_exact(&mut len_buf).await.is_err() {
             break;
         }
-        let len = u16::from_be_bytes(len_buf) as usize;
-        if len < 12 {
+        let Ok(len) = frame_len(len_buf, Peer::Upstream) else {
             // A frame too short to be a DNS message: the stream cannot be trusted any more.
             endpoint.stats.count_error(ErrorKind::Malformed);
             break;
-        }
+        };
         let mut resp = vec![0u8; len];
         if read.read_exact(&mut resp).await.is_err() {
             break;

@@ -48,11 +48,14 @@ pub fn response_id(resp: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([*resp.first()?, *resp.get(1)?]))
 }
 
-/// Whether `resp` is a response (QR=1) to exactly this question: one question, same name
-/// (case-insensitively: upstreams may echo 0x20 case), type and class. The ID is matched by the
-/// transport, which knows which IDs it has outstanding.
+/// Whether `resp` is a response (QR=1) to exactly this question: opcode QUERY (a response copies
+/// the query's opcode, RFC 1035 §4.1.1), one question, same name (case-insensitively: upstreams
+/// may echo 0x20 case), type and class. The ID is matched by the transport, which knows which IDs
+/// it has outstanding.
 pub fn answers_question(resp: &[u8], q: &UpstreamQuestion<'_>) -> bool {
-    if resp.len() < HEADER_LEN || resp[2] & 0x80 == 0 || resp[4..6] != [0, 1] {
+    // Opcode: another one makes hickory decode the message under different rules (UPDATE allows
+    // empty RDATA), and what it decodes would be cached as an answer no client can parse.
+    if resp.len() < HEADER_LEN || resp[2] & 0x80 == 0 || resp[2] & 0x78 != 0 || resp[4..6] != [0, 1] {
         return false;
     }
     let name = q.name.as_wire();
@@ -158,7 +161,7 @@ pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result
         Disposition::Denial { nxdomain, soa, chain_ttl }
     };
     let header_flags = [0x80, (msg.metadata.authentic_data as u8) << 5 | (u16::from(rcode) & 0x0f) as u8];
-    let (message, ttl_offsets) = encode(q, header_flags, &answers, &authority, &additional)
+    let (message, ttl_offsets) = encode_answer(q, header_flags, &answers, &authority, &additional)
         .map_err(|e| IngestError::Malformed(e.to_string()))?;
     Ok(Ingested::Answer(CacheableAnswer { message, ttl_offsets, disposition }))
 }
@@ -255,7 +258,11 @@ fn glue<'m>(answers: &[&Record], additionals: &'m [Record], bailiwick: &Name) ->
         .collect()
 }
 
-fn encode(
+/// Encodes a cacheable answer message: header (ID 0, `flags`, counts), the question exactly as
+/// `q.name` (lower-cased), then the records, and returns it with the offset of every record's
+/// TTL. Also used for answers nodedns makes itself (Kubernetes-schema NXDOMAIN), so every cached
+/// message has one layout.
+pub fn encode_answer(
     q: &UpstreamQuestion<'_>,
     flags: [u8; 2],
     answers: &[&Record],

@@ -4,10 +4,13 @@
 //!   into the answer it gets. No allocation.
 //! - [`render`]: writes a cached answer for a query (the hit path: copy, patch ID, flags,
 //!   question case and TTLs, add OPT) and locally generated answers. No allocation.
+//! - [`framing`]: the TCP length prefix (RFC 1035 §4.2.2): which lengths each peer may send,
+//!   and a pure stream splitter for tests and fuzzing.
 //! - [`ingest`]: the miss path: builds upstream queries and turns upstream responses into
 //!   cacheable answers that hold only records answering the question. Uses hickory-proto.
 #![forbid(unsafe_code)]
 
+pub mod framing;
 pub mod ingest;
 pub mod query;
 pub mod render;

@@ -52,6 +52,62 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 impl Listeners {
+    /// Uses the sockets received from a predecessor (handover) for every configured address
+    /// they cover, binds the rest, and closes received sockets no longer configured. A UDP
+    /// address gets at least `workers` sockets: received ones first, then new ones bound beside
+    /// them in the same SO_REUSEPORT group.
+    pub fn adopt_or_bind(
+        addrs: &[SocketAddr],
+        workers: usize,
+        received: Vec<std::os::fd::OwnedFd>,
+    ) -> io::Result<Listeners> {
+        let mut udp_in: Vec<(SocketAddr, UdpSocket)> = Vec::new();
+        let mut tcp_in: Vec<(SocketAddr, TcpListener)> = Vec::new();
+        for fd in received {
+            let s = Socket::from(fd);
+            let (Ok(local), Ok(ty)) = (s.local_addr(), s.r#type()) else { continue };
+            let Some(local) = local.as_socket() else { continue };
+            if !addrs.contains(&local) {
+                continue;
+            }
+            if ty == Type::DGRAM {
+                udp_in.push((local, s.into()));
+            } else if ty == Type::STREAM {
+                s.set_nonblocking(true)?;
+                tcp_in.push((local, s.into()));
+            }
+        }
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for &addr in addrs {
+            let mut n = 0;
+            for (a, s) in udp_in.extract_if(.., |(a, _)| *a == addr) {
+                udp.push((a, s));
+                n += 1;
+            }
+            for _ in n..workers.max(1) {
+                udp.push((addr, bind_udp(addr).map_err(|e| with_addr(e, "udp", addr))?));
+            }
+            match tcp_in.iter().position(|(a, _)| *a == addr) {
+                Some(i) => tcp.push(tcp_in.swap_remove(i)),
+                None => tcp.push((addr, bind_tcp(addr).map_err(|e| with_addr(e, "tcp", addr))?)),
+            }
+        }
+        Ok(Listeners { udp, tcp })
+    }
+
+    /// Duplicates of every socket, to hand to a successor.
+    pub fn duplicates(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+        let mut out = Vec::new();
+        for (_, s) in &self.udp {
+            out.push(std::os::fd::OwnedFd::from(s.try_clone()?));
+        }
+        for (_, s) in &self.tcp {
+            out.push(std::os::fd::OwnedFd::from(s.try_clone()?));
+        }
+        Ok(out)
+    }
+
     /// Binds every address: `workers` UDP sockets and one TCP listener each.
     pub fn bind(addrs: &[SocketAddr], workers: usize) -> io::Result<Listeners> {
         let mut udp = Vec::new();

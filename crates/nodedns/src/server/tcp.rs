@@ -15,8 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 
+use nodedns_wire::framing::{Peer, frame_len};
 use nodedns_wire::{
-    MAX_MESSAGE, Parsed, Transport, parse_query, render_any_hinfo, render_rejection, response_rcode_label,
+    MAX_MESSAGE, Parsed, Rcode, Transport, parse_query, render_any_hinfo, render_rcode, render_rejection,
+    response_rcode_label,
 };
 
 use crate::config::Limits;
@@ -34,6 +36,8 @@ pub struct TcpConnections {
 
 impl TcpConnections {
     pub fn new(limits: Limits) -> Arc<Self> {
+        // The per-client rate limiter is shared with the UDP workers (see `ratelimit`).
+        crate::ratelimit::install(limits.per_client_qps);
         Arc::new(Self {
             total: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
@@ -132,10 +136,7 @@ async fn read_frame(read: &mut OwnedReadHalf, buf: &mut [u8], timeout: Duration)
         Ok(Err(_)) => return Err("closed"),
         Err(_) => return Err("idle"),
     }
-    let len = u16::from_be_bytes(len) as usize;
-    if len == 0 {
-        return Err("zero_length_frame");
-    }
+    let len = frame_len(len, Peer::Client).map_err(|e| e.label())?;
     // The body must follow within the idle timeout too: a frame that announces more than the
     // client sends (or sends one byte a minute) is closed, not waited on (slowloris).
     match tokio::time::timeout(timeout, read.read_exact(&mut buf[..len])).await {
@@ -174,8 +175,13 @@ async fn serve_connection(
         };
         let packet = &inbuf[..n];
         let received = Instant::now();
+        let over_limit = crate::ratelimit::over_limit(peer.ip());
         let query = match parse_query(packet) {
             Parsed::Query(q) => q,
+            Parsed::Reject(_) if over_limit => {
+                engine.metrics.shed(ShedReason::RateLimit);
+                continue;
+            }
             Parsed::Reject(r) => {
                 engine.metrics.malformed(r.reason.label());
                 if let Some(len) = render_rejection(&r, &mut outbuf[2..]) {
@@ -193,7 +199,10 @@ async fn serve_connection(
             }
         };
         engine.metrics.request(Proto::Tcp, query.qtype);
-        let local = if query.qtype == nodedns_wire::query::TYPE_ANY {
+        let local = if over_limit {
+            engine.metrics.shed(ShedReason::RateLimit);
+            render_rcode(&query, Rcode::Refused, &mut outbuf[2..]).map(|l| (l, false))
+        } else if query.qtype == nodedns_wire::query::TYPE_ANY {
             render_any_hinfo(&query, &mut outbuf[2..]).map(|l| (l, false))
         } else {
             engine.answer_from_cache(&query, Transport::Tcp, &mut outbuf[2..]).map(|(l, _)| (l, true))

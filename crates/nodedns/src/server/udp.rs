@@ -161,8 +161,14 @@ fn handle_datagram(
         engine.metrics.malformed("oversized");
         return None;
     }
+    // limits.per_client_qps: over it, queries get REFUSED and bad input no answer at all.
+    let (over_limit, peer) = crate::ratelimit::check_lazy_peer(peer);
     let query = match parse_query(data) {
         Parsed::Query(q) => q,
+        Parsed::Reject(_) if over_limit => {
+            engine.metrics.shed(ShedReason::RateLimit);
+            return None;
+        }
         Parsed::Reject(r) => {
             engine.metrics.malformed(r.reason.label());
             let len = render_rejection(&r, out)?;
@@ -175,6 +181,12 @@ fn handle_datagram(
         }
     };
     engine.metrics.request(Proto::Udp, query.qtype);
+    if over_limit {
+        engine.metrics.shed(ShedReason::RateLimit);
+        let len = render_rcode(&query, Rcode::Refused, out)?;
+        engine.metrics.response("REFUSED");
+        return Some(Reply { len, cache_hit_qtype: None });
+    }
     let transport = Transport::Udp { max_len: query.max_udp_response(max_udp) };
     if query.qtype == nodedns_wire::query::TYPE_ANY {
         let len = render_any_hinfo(&query, out)?;

@@ -1,0 +1,117 @@
+//! Zero-loss socket handover between two nodedns processes on one node (rolling update).
+//!
+//! A process serving DNS listens on `server.handover_socket` (a unix socket on a hostPath shared
+//! by the old and new pod). A new process connects there first and receives the old one's DNS
+//! sockets with SCM_RIGHTS: the *same* kernel sockets, not new ones bound beside them. Until the
+//! old process gets SIGTERM both read from them; then the old one stops reading and every
+//! datagram already queued, or arriving later, is read by the new one. With SO_REUSEPORT alone a
+//! closing socket drops whatever sits in its queue (and traffic hashed to it), which is the
+//! per-rollout DNS loss node-cache users reported (kubernetes/dns#310).
+//!
+//! The new process then takes over the socket path (bind to a temporary name, rename over), so
+//! the next rollout receives the sockets from it.
+#![allow(unsafe_code)]
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
+use tracing::{info, warn};
+
+const REQUEST: &[u8] = b"nodedns-handover v1\n";
+/// SCM_MAX_FD: the kernel passes at most 253 descriptors in one message.
+const MAX_FDS: usize = 253;
+
+/// Why no sockets were received.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("no nodedns is serving at {0}")]
+    NoPredecessor(PathBuf),
+    #[error("handover over {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("handover over {path}: {source}")]
+    Sys { path: PathBuf, source: nix::Error },
+}
+
+/// Asks the process serving at `path` for its DNS sockets.
+pub fn receive(path: &Path) -> Result<Vec<OwnedFd>, HandoverError> {
+    let io = |source| HandoverError::Io { path: path.into(), source };
+    let mut stream = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Err(HandoverError::NoPredecessor(path.into()));
+        }
+        Err(e) => return Err(io(e)),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    stream.write_all(REQUEST).map_err(io)?;
+    let mut header = [0u8; 64];
+    let mut iov = [IoSliceMut::new(&mut header)];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let msg = recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|source| HandoverError::Sys { path: path.into(), source })?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(|source| HandoverError::Sys { path: path.into(), source })? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors in this process for us (with
+            // close-on-exec); nothing else owns them.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(fds)
+}
+
+/// Serves handover requests on `path` with duplicates of `sockets`, on a background thread.
+/// `handed_over` is set once a successor has received them.
+pub fn serve(path: &Path, sockets: Vec<OwnedFd>, handed_over: Arc<AtomicBool>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Bind beside the final name and rename over it: a predecessor's socket file is replaced
+    // atomically, so a third process never finds no socket at all.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    let path = path.to_path_buf();
+    std::thread::Builder::new().name("nodedns-handover".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut req = [0u8; REQUEST.len()];
+            if conn.read_exact(&mut req).is_err() || req != REQUEST {
+                warn!(path = %path.display(), "ignoring a malformed handover request");
+                continue;
+            }
+            let raw: Vec<RawFd> = sockets.iter().take(MAX_FDS).map(|s| s.as_raw_fd()).collect();
+            let header = format!("ok {}\n", raw.len());
+            let sent = sendmsg::<UnixAddr>(
+                conn.as_raw_fd(),
+                &[IoSlice::new(header.as_bytes())],
+                &[ControlMessage::ScmRights(&raw)],
+                MsgFlags::empty(),
+                None,
+            );
+            match sent {
+                Ok(_) => {
+                    handed_over.store(true, Relaxed);
+                    info!(sockets = raw.len(), "DNS sockets handed over to a new nodedns process");
+                }
+                Err(e) => warn!(error = %e, "socket handover failed"),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Removes the socket file if it is still ours (not yet replaced by a successor).
+pub fn remove_if_ours(path: &Path, handed_over: &AtomicBool) {
+    if !handed_over.load(Relaxed) {
+        let _ = std::fs::remove_file(path);
+    }
+}
