@@ -120,9 +120,10 @@ fn main() -> ExitCode {
                 Ok((zone, reports)) => {
                     println!("probe {name} {qtype} x{count} via zone {zone}:");
                     let mut failing = false;
+                    let best = nodedns::probe::fastest_p50(&reports);
                     for r in &reports {
-                        println!("  {}", r.line());
-                        failing |= r.timeouts > 0 || !r.errors.is_empty();
+                        println!("  {}", r.line_vs(best));
+                        failing |= r.failing();
                     }
                     if failing { ExitCode::from(1) } else { ExitCode::SUCCESS }
                 }

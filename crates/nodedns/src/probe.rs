@@ -38,6 +38,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 }
 
 impl EndpointReport {
+    fn p50(&self) -> Option<Duration> {
+        let mut lat = self.latencies.clone();
+        lat.sort();
+        percentile(&lat, 0.5)
+    }
+
+    pub fn failing(&self) -> bool {
+        self.timeouts + self.errors.iter().map(|e| e.1).sum::<usize>() > 0
+    }
+
+    /// One line per endpoint; `fastest_p50` (over all endpoints) marks the slow ones.
+    pub fn line_vs(&self, fastest_p50: Option<Duration>) -> String {
+        let mut s = self.line();
+        // Slow: a median three times the best endpoint's and above 10 ms — a sick node, not jitter.
+        if let (Some(p50), Some(best)) = (self.p50(), fastest_p50)
+            && p50 > best * 3
+            && p50 > Duration::from_millis(10)
+        {
+            s.push_str("  <-- SLOW");
+        }
+        s
+    }
+
     pub fn line(&self) -> String {
         let mut lat = self.latencies.clone();
         lat.sort();
@@ -76,6 +99,11 @@ fn rcode_name(code: u8) -> String {
 }
 
 /// Probes every endpoint of the zone of `name`; returns one report per endpoint.
+/// The smallest median latency among `reports`.
+pub fn fastest_p50(reports: &[EndpointReport]) -> Option<Duration> {
+    reports.iter().filter_map(|r| r.p50()).min()
+}
+
 pub async fn probe(
     config: &Config,
     name: &str,

@@ -24,6 +24,9 @@ pub enum Behaviour {
     ServFail,
     /// Answer REFUSED with no records.
     Refused,
+    /// Answer NXDOMAIN (without SOA) for this question only, whatever other types of the name
+    /// hold: the split answer CoreDNS autopath produced (NXDOMAIN for A, a CNAME for AAAA).
+    NxDomain,
     /// Never answer.
     Drop,
     /// Answer after this delay. Other queries, including later ones pipelined on the same TCP
@@ -109,6 +112,7 @@ impl ResponsePlan {
             Behaviour::Answer => {}
             Behaviour::ServFail => self.error_rcode = Some(ResponseCode::ServFail),
             Behaviour::Refused => self.error_rcode = Some(ResponseCode::Refused),
+            Behaviour::NxDomain => self.error_rcode = Some(ResponseCode::NXDomain),
             Behaviour::Drop => self.drop_probability = 1.0,
             Behaviour::Delay(delay) => self.delay = self.delay.saturating_add(*delay),
             Behaviour::Truncate => self.truncate_udp = true,
