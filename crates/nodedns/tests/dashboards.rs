@@ -20,7 +20,10 @@ fn metric_names(text: &str) -> BTreeSet<String> {
             && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'));
         if starts {
             let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-            out.insert(rest[..end].to_string());
+            // `nodedns_*` in prose is a pattern, not a metric.
+            if !rest[..end].ends_with('_') {
+                out.insert(rest[..end].to_string());
+            }
             i += end;
         } else {
             i += 1;
