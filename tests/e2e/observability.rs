@@ -217,3 +217,27 @@ fn probe_names_the_slow_and_the_lossy_endpoint() {
     assert!(h.contains("sent=30 answered=30"), "{h}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn json_logs_carry_sampled_queries() {
+    let up = FakeUpstream::start();
+    up.answer("logged.example", RecordType::A, &["192.0.2.1"], 300);
+    let cfg =
+        format!("{}log:\n  format: json\n  level: info\n  queries_sample_rate: 1.0\n", config(&[up.addr()], false));
+    let d = Daemon::start(&cfg);
+    query_udp(d.dns, "logged.example", RecordType::A, T).unwrap();
+    query_udp(d.dns, "logged.example", RecordType::A, T).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = d.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("\"qname\":\"logged.example.\"")).collect();
+        if lines.len() >= 2 {
+            assert!(lines.iter().all(|l| l.starts_with('{') && l.ends_with('}')), "{lines:?}");
+            assert!(lines.iter().any(|l| l.contains("\"cache\":\"miss\"")), "{lines:?}");
+            assert!(lines.iter().any(|l| l.contains("\"cache\":\"hit\"")), "{lines:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sampled query lines: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

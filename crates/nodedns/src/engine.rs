@@ -128,6 +128,19 @@ pub struct Engine {
     pub upstream_answered: AtomicBool,
     split_warn: RateLimitedWarn,
     shed_warn: RateLimitedWarn,
+    /// `log.queries_sample_rate`: the fraction of queries logged (0 = off).
+    query_log_rate: f64,
+    query_log_budget: QueryLogBudget,
+}
+
+/// At most [`QUERY_LOG_PER_SEC`] sampled query lines a second, whatever the sample rate and
+/// the query rate: a flood must not fill the disk.
+const QUERY_LOG_PER_SEC: u64 = 100;
+
+#[derive(Default)]
+struct QueryLogBudget {
+    second: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU64,
 }
 
 /// What the miss path produced for a client: the answer's bytes, allocated at their exact size
@@ -176,6 +189,8 @@ impl Engine {
             upstream_answered: AtomicBool::new(false),
             split_warn: RateLimitedWarn::new(Duration::from_secs(10)),
             shed_warn: RateLimitedWarn::new(Duration::from_secs(10)),
+            query_log_rate: config.log.queries_sample_rate,
+            query_log_budget: QueryLogBudget::default(),
         })
     }
 
@@ -237,6 +252,49 @@ impl Engine {
                 Freshness::Stale { .. } => None,
             })
             .flatten()
+    }
+
+    /// Whether sampled query logging is on (checked before any work on the hit path).
+    #[inline]
+    pub fn query_log_on(&self) -> bool {
+        self.query_log_rate > 0.0
+    }
+
+    /// Logs one answered query with probability `log.queries_sample_rate` (never a label in a
+    /// metric: qnames and clients go only to this sampled log).
+    #[inline]
+    pub fn sample_query_log(
+        &self,
+        client: Option<std::net::SocketAddr>,
+        proto: &'static str,
+        query: &Query<'_>,
+        response: &[u8],
+        result: &'static str,
+        elapsed: Duration,
+    ) {
+        if self.query_log_rate <= 0.0 || rand::random::<f64>() >= self.query_log_rate {
+            return;
+        }
+        let now = self.epoch.elapsed().as_secs();
+        let b = &self.query_log_budget;
+        if b.second.swap(now, Relaxed) != now {
+            b.used.store(0, Relaxed);
+        }
+        if b.used.fetch_add(1, Relaxed) >= QUERY_LOG_PER_SEC {
+            return;
+        }
+        let name = name_from_wire(query.qname_wire()).map(|n| n.to_ascii()).unwrap_or_default();
+        tracing::info!(
+            target: "nodedns::query",
+            client = ?client,
+            proto,
+            qname = %name,
+            qtype = query.qtype,
+            rcode = nodedns_wire::response_rcode_label(response),
+            cache = result,
+            micros = elapsed.as_micros() as u64,
+            "query"
+        );
     }
 
     /// The miss path for one client query (owned packet).

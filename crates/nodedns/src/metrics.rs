@@ -140,6 +140,12 @@ pub enum CacheResult {
 
 const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "stale"];
 
+impl CacheResult {
+    pub fn label(self) -> &'static str {
+        CACHE_RESULTS[self as usize]
+    }
+}
+
 /// Why a query was shed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShedReason {

@@ -239,6 +239,10 @@ async fn serve_connection(
             if let Some(answer) = engine.answer_miss(&packet, Transport::Tcp).await {
                 engine.metrics.response(response_rcode_label(&answer.bytes));
                 engine.metrics.answered(answer.result, qtype, received.elapsed().as_secs_f64());
+                if let Parsed::Query(q) = parse_query(&packet) {
+                    let result = answer.result.label();
+                    engine.sample_query_log(Some(peer), "tcp", &q, &answer.bytes, result, received.elapsed());
+                }
                 let mut frame = Vec::with_capacity(answer.bytes.len() + 2);
                 frame.extend_from_slice(&(answer.bytes.len() as u16).to_be_bytes());
                 frame.extend_from_slice(&answer.bytes);

@@ -195,7 +195,11 @@ fn handle_datagram(
     }
     if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out) {
         engine.metrics.response(response_rcode_label(&out[..len]));
-        if refresh_due && let Some(peer) = peer() {
+        let client = if refresh_due || engine.query_log_on() { peer() } else { None };
+        if engine.query_log_on() {
+            engine.sample_query_log(client, "udp", &query, &out[..len], "hit", Duration::ZERO);
+        }
+        if refresh_due && let Some(peer) = client {
             let _ = misses.try_send(MissJob {
                 packet: data.to_vec(),
                 peer,
@@ -242,6 +246,10 @@ pub async fn run_miss_dispatcher(engine: Arc<Engine>, mut jobs: mpsc::Receiver<M
             };
             engine.metrics.response(response_rcode_label(&answer.bytes));
             engine.metrics.answered(answer.result, qtype, job.received.elapsed().as_secs_f64());
+            if let Parsed::Query(q) = parse_query(&job.packet) {
+                let result = answer.result.label();
+                engine.sample_query_log(Some(job.peer), "udp", &q, &answer.bytes, result, job.received.elapsed());
+            }
             if let Err(e) = job.socket.send_to(&answer.bytes, job.peer) {
                 warn!(error = %e, peer = %job.peer, "UDP send failed");
             }
