@@ -135,6 +135,12 @@ pub async fn probe(
                 tcp_connections: 1,
                 query_timeout: zone.query_timeout,
                 max_attempts: 1,
+                // Every probe query goes out: the point is to measure, not to protect.
+                ejection: nodedns_upstream::EjectionPolicy {
+                    consecutive_failures: u32::MAX,
+                    window_failures: u32::MAX,
+                    ..Default::default()
+                },
                 ..PoolConfig::default()
             },
         );
