@@ -47,6 +47,12 @@ pub enum NodeError {
     #[error("{backend} firewall: {detail}")]
     Firewall { backend: FirewallBackend, detail: String },
 
+    /// Renewing the host-client lease (nf_tables set elements over netlink) failed. The next
+    /// resync recreates the table and its sets; a persistent failure means host-network
+    /// clients of the ClusterIP go through kube-proxy to kube-dns (uncached, still answered).
+    #[error("host-client lease: {0}")]
+    Lease(String),
+
     /// `FirewallMode::Auto` found neither a working `nft` nor a working `iptables`.
     #[error("no usable firewall tool found (tried nft and iptables): {0}")]
     NoFirewallTool(String),
@@ -63,6 +69,7 @@ impl NodeError {
             NodeError::Firewall { backend: FirewallBackend::Iptables, .. } => "iptables",
             NodeError::Firewall { backend: FirewallBackend::Nftables, .. } => "nftables",
             NodeError::NoFirewallTool(_) => "firewall_tool",
+            NodeError::Lease(_) => "host_lease",
         }
     }
 }

@@ -3,7 +3,22 @@
 //! Our chains are refilled with `iptables-restore --noflush` (one atomic commit per table);
 //! the jumps are found by parsing `iptables-save`, never with `iptables -C`: node-cache's
 //! `-C` checks failed intermittently and each failure inserted another copy
-//! (kubernetes/dns#568). Works with whichever backend the node's `iptables` uses.
+//! (kubernetes/dns#568).
+//!
+//! # Which iptables: nf_tables or legacy
+//!
+//! iptables 1.8 ships two binaries per tool (`iptables-nft-*`, `iptables-legacy-*`) that
+//! program different kernel subsystems; the unsuffixed `iptables` is whatever the image's
+//! alternatives say, which need not be what the node's kube-proxy uses. Our rules must live
+//! in kube-proxy's variant: an operator reading `iptables-save` sees them next to kube-proxy's,
+//! and a node with only one subsystem usable would otherwise fail. [`Variant::detect`] does
+//! what kubernetes-sigs/iptables-wrappers does: the variant whose `-t nat` holds more
+//! `KUBE-*` rules (IPv4 first, IPv6 for single-stack v6 nodes) wins; with no kube-proxy rules
+//! anywhere the unsuffixed `iptables` decides. Detection runs on every apply, and when the
+//! choice changes (kube-proxy started after us) our rules are removed from the other variant.
+//!
+//! Capabilities: the nf_tables variant needs only CAP_NET_ADMIN. The legacy variant also
+//! needs CAP_NET_RAW: it reads and writes tables through get/setsockopt on a raw socket.
 
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -23,22 +38,104 @@ pub(crate) enum Family {
 }
 
 impl Family {
-    fn save(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables-save",
-            Family::V6 => "ip6tables-save",
-        }
+    fn save(self, variant: Variant) -> String {
+        format!("{}{}-save", self.tool(), variant.suffix())
     }
-    fn restore(self) -> &'static str {
+    fn restore(self, variant: Variant) -> String {
+        format!("{}{}-restore", self.tool(), variant.suffix())
+    }
+    fn tool(self) -> &'static str {
         match self {
-            Family::V4 => "iptables-restore",
-            Family::V6 => "ip6tables-restore",
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
         }
     }
     fn host_prefix(self) -> u8 {
         match self {
             Family::V4 => 32,
             Family::V6 => 128,
+        }
+    }
+}
+
+/// Which iptables binaries to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// `iptables-nft-*`: the nf_tables kernel API (xtables matches via nft_compat).
+    Nft,
+    /// `iptables-legacy-*`: the old ip_tables kernel API (also needs CAP_NET_RAW).
+    Legacy,
+    /// Plain `iptables-*`: iptables before 1.8, which has no suffixed binaries.
+    Unsuffixed,
+}
+
+impl Variant {
+    fn suffix(self) -> &'static str {
+        match self {
+            Variant::Nft => "-nft",
+            Variant::Legacy => "-legacy",
+            Variant::Unsuffixed => "",
+        }
+    }
+
+    /// Short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Nft => "nf_tables",
+            Variant::Legacy => "legacy",
+            Variant::Unsuffixed => "iptables",
+        }
+    }
+
+    /// The variant kube-proxy uses on this node (see the module docs).
+    ///
+    /// A variant whose tool is missing or whose kernel tables do not exist counts as having
+    /// no rules. One we may not read (legacy without CAP_NET_RAW: "Permission denied") is an
+    /// error, unless nf_tables already shows kube-proxy's rules: guessing could put our rules
+    /// where kube-proxy does not look.
+    pub(crate) fn detect() -> Result<Variant, NodeError> {
+        let kube_rules = |family: Family, variant: Variant| -> Result<usize, NodeError> {
+            match run(FirewallBackend::Iptables, &family.save(variant), &["-t", "nat"], None) {
+                Ok(s) => Ok(s.lines().filter(|l| l.starts_with("-A KUBE-")).count()),
+                Err(NodeError::Firewall { detail, .. })
+                    if detail.contains("Permission denied") || detail.contains("must be root") =>
+                {
+                    Err(NodeError::Firewall {
+                        backend: FirewallBackend::Iptables,
+                        detail: format!(
+                            "cannot read {} to find kube-proxy's iptables variant (legacy needs CAP_NET_RAW): {detail}",
+                            family.save(variant)
+                        ),
+                    })
+                }
+                Err(_) => Ok(0),
+            }
+        };
+        for family in [Family::V4, Family::V6] {
+            let nft = kube_rules(family, Variant::Nft)?;
+            let legacy = match kube_rules(family, Variant::Legacy) {
+                Ok(n) => n,
+                Err(_) if nft > 0 => 0,
+                Err(e) => return Err(e),
+            };
+            if nft > 0 || legacy > 0 {
+                return Ok(if legacy > nft { Variant::Legacy } else { Variant::Nft });
+            }
+        }
+        // No kube-proxy rules: follow the unsuffixed binary ("iptables v1.8.9 (legacy)").
+        Ok(match run(FirewallBackend::Iptables, "iptables", &["-V"], None) {
+            Ok(v) if v.contains("(legacy)") => Variant::Legacy,
+            Ok(v) if v.contains("(nf_tables)") => Variant::Nft,
+            _ => Variant::Unsuffixed,
+        })
+    }
+
+    /// The other suffixed variant, whose leftovers of ours are removed on a switch.
+    fn other(self) -> Option<Variant> {
+        match self {
+            Variant::Nft => Some(Variant::Legacy),
+            Variant::Legacy => Some(Variant::Nft),
+            Variant::Unsuffixed => None,
         }
     }
 }
@@ -238,14 +335,37 @@ pub(crate) fn render_remove(table: Table, current: &OurRules) -> Option<String> 
     Some(s)
 }
 
-fn save(family: Family, table: Table) -> Result<String, NodeError> {
-    run(FirewallBackend::Iptables, family.save(), &["-t", table.name()], None)
+fn save(variant: Variant, family: Family, table: Table) -> Result<String, NodeError> {
+    run(FirewallBackend::Iptables, &family.save(variant), &["-t", table.name()], None)
 }
 
-fn restore(family: Family, input: &str) -> Result<(), NodeError> {
+fn restore(variant: Variant, family: Family, input: &str) -> Result<(), NodeError> {
     // -w: wait for the xtables lock (legacy backend) instead of failing when kube-proxy
     // holds it; bounded so a stuck holder cannot hang resync.
-    run(FirewallBackend::Iptables, family.restore(), &["-w", "5", "--noflush"], Some(input)).map(drop)
+    run(FirewallBackend::Iptables, &family.restore(variant), &["-w", "5", "--noflush"], Some(input)).map(drop)
+}
+
+/// Removes whatever of ours one variant holds; best effort for families/variants whose tools
+/// do not work here. Used for the variant we are *not* using.
+pub(crate) fn remove_from(variant: Variant) -> Result<(), NodeError> {
+    for family in [Family::V4, Family::V6] {
+        for table in Table::ALL {
+            if let Ok(text) = save(variant, family, table)
+                && let Some(input) = render_remove(table, &OurRules::parse(&text, table))
+            {
+                restore(variant, family, &input)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes our rules from the variant other than `current`, if there is one.
+pub(crate) fn remove_from_other(current: Variant) -> Result<(), NodeError> {
+    match current.other() {
+        Some(other) => remove_from(other),
+        None => Ok(()),
+    }
 }
 
 fn families(targets: &BypassTargets) -> [(Family, bool); 2] {
@@ -254,25 +374,25 @@ fn families(targets: &BypassTargets) -> [(Family, bool); 2] {
 
 /// Installs what is missing or different. Returns whether anything had to be written.
 /// A family without addresses has any leftovers of ours removed.
-pub(crate) fn apply(targets: &BypassTargets) -> Result<bool, NodeError> {
+pub(crate) fn apply(variant: Variant, targets: &BypassTargets) -> Result<bool, NodeError> {
     let mut restored = false;
     for (family, wanted) in families(targets) {
         for table in Table::ALL {
             if !wanted {
                 // Best effort: a node without IPv6 may have no working ip6tables at all.
-                if let Ok(text) = save(family, table)
+                if let Ok(text) = save(variant, family, table)
                     && let Some(input) = render_remove(table, &OurRules::parse(&text, table))
                 {
-                    restore(family, &input)?;
+                    restore(variant, family, &input)?;
                 }
                 continue;
             }
-            let current = OurRules::parse(&save(family, table)?, table);
+            let current = OurRules::parse(&save(variant, family, table)?, table);
             let rules = chain_rules(targets, family, table);
             if current.is_exactly(table, &rules) {
                 continue;
             }
-            restore(family, &render_install(table, &current, &rules))?;
+            restore(variant, family, &render_install(table, &current, &rules))?;
             restored = true;
         }
     }
@@ -280,19 +400,21 @@ pub(crate) fn apply(targets: &BypassTargets) -> Result<bool, NodeError> {
 }
 
 /// Removes our jumps and chains from both families; never touches other rules.
-pub(crate) fn teardown(targets: &BypassTargets) -> Result<(), NodeError> {
+pub(crate) fn teardown(variant: Variant, targets: &BypassTargets) -> Result<(), NodeError> {
     for (family, wanted) in families(targets) {
         for table in Table::ALL {
-            let text = match save(family, table) {
+            let text = match save(variant, family, table) {
                 Ok(text) => text,
                 Err(e) if wanted => return Err(e),
                 Err(_) => continue,
             };
             if let Some(input) = render_remove(table, &OurRules::parse(&text, table)) {
-                restore(family, &input)?;
+                restore(variant, family, &input)?;
             }
         }
     }
+    // Leftovers of an instance that had picked the other variant.
+    let _ = remove_from_other(variant);
     Ok(())
 }
 

@@ -14,15 +14,30 @@
 //! backends): answers came from nodedns while it ran, from the DNAT target 0.2 s after
 //! SIGKILL, and from nodedns again right after restart.
 //!
-//! ## Known gap: host-network clients of a ClusterIP
+//! ## Host-network clients: a lease, renewed while nodedns lives (nftables backend)
 //!
-//! The request NOTRACK cannot be made conditional in OUTPUT: xt_socket is rejected there
-//! (EINVAL), and nft `socket` in OUTPUT inspects the *sending* socket (`skb->sk`), not a
-//! listener (lab: a connected TCP client matched `socket wildcard 0`, an unconnected UDP
-//! client did not). So no request NOTRACK is installed in OUTPUT at all: host-network clients
-//! querying a ClusterIP are DNATed by kube-proxy to kube-dns (correct, always fail-open, but
-//! uncached); host-network clients of a non-service address (169.254.20.10) reach nodedns
-//! with tracked packets. Replies to local clients are left tracked for symmetry.
+//! The request NOTRACK cannot be made conditional on a listener in OUTPUT: xt_socket is
+//! rejected there (EINVAL), and nft `socket` in OUTPUT inspects the *sending* socket
+//! (`skb->sk`), not a listener (lab: a connected TCP client matched `socket wildcard 0`, an
+//! unconnected UDP client did not). Instead, with the nftables backend, raw OUTPUT NOTRACKs
+//! requests to (and our replies to) host-network clients only while the destination address
+//! is in a set whose elements time out after [`LEASE`] (1.5 s) unless renewed; a live nodedns
+//! renews them every [`RENEW_EVERY`] (0.5 s) over netlink ([`HostClientLease`]). After a
+//! SIGKILL the elements expire and host clients of the ClusterIP are DNATed by kube-proxy to
+//! kube-dns within 1.5 s (measured in `tests/e2e/node.rs`).
+//!
+//! With the iptables backend there is no lease: iptables has no per-element timeouts of its
+//! own (only through ipset, an extra tool and kernel module we do not require), so no
+//! request NOTRACK is installed in OUTPUT: host-network clients of a ClusterIP are DNATed by
+//! kube-proxy to kube-dns (always fail-open, but uncached), and host clients of a
+//! non-service address (169.254.20.10) reach nodedns with tracked packets; replies to local
+//! clients stay tracked too.
+//!
+//! # Capabilities
+//!
+//! CAP_NET_ADMIN (netlink, nft, iptables-nft) and CAP_NET_BIND_SERVICE (port 53). The
+//! iptables *legacy* variant also needs CAP_NET_RAW (see `iptables.rs`); nftables and
+//! iptables-nft do not.
 //!
 //! Established TCP connections do not survive a switch in either direction (their packets
 //! suddenly go to the other server, which answers RST); DNS clients retry.
@@ -32,13 +47,17 @@
 mod command;
 mod error;
 mod iptables;
+mod lease;
 mod link;
 mod nft;
 mod spec;
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 pub use error::NodeError;
+pub use iptables::Variant as IptablesVariant;
+pub use lease::{HostClientLease, LEASE, RENEW_EVERY};
 pub use spec::{FirewallBackend, FirewallMode, InterfaceKind, InterfaceName, NodeSetupSpec};
 
 use link::LocalInterface;
@@ -68,6 +87,9 @@ pub struct NodeSetup {
     spec: ValidSpec,
     /// `None` for [`FirewallMode::None`].
     firewall: Option<FirewallBackend>,
+    /// The iptables variant the last apply used (re-detected on every apply; see
+    /// `iptables.rs`). `None` before the first apply and for the nftables backend.
+    iptables_variant: Mutex<Option<IptablesVariant>>,
 }
 
 impl NodeSetup {
@@ -105,12 +127,42 @@ impl NodeSetup {
                 }
             }),
         };
-        Ok(NodeSetup { spec, firewall })
+        Ok(NodeSetup { spec, firewall, iptables_variant: Mutex::new(None) })
     }
 
     /// The firewall backend in use (`None` for [`FirewallMode::None`]).
     pub fn firewall_backend(&self) -> Option<FirewallBackend> {
         self.firewall
+    }
+
+    /// The iptables variant in use (`None` before the first apply, or with nftables).
+    pub fn iptables_variant(&self) -> Option<IptablesVariant> {
+        *self.iptables_variant.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Detects kube-proxy's iptables variant; on a change (or the first apply) removes our
+    /// rules from the other variant, so they never exist twice.
+    fn iptables_variant_for_apply(&self) -> Result<IptablesVariant, NodeError> {
+        let variant = IptablesVariant::detect()?;
+        let mut last = self.iptables_variant.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != Some(variant) {
+            if let Err(e) = iptables::remove_from_other(variant) {
+                tracing::warn!(error = %e, "removing our rules from the other iptables variant failed");
+            }
+            tracing::info!(variant = variant.name(), "iptables variant (kube-proxy's, or the node default)");
+            *last = Some(variant);
+        }
+        Ok(variant)
+    }
+
+    /// The host-client lease (see the crate docs), for the nftables backend; `None` for
+    /// the others. Opens a netlink socket on the calling thread (its network namespace).
+    /// Renew it every [`RENEW_EVERY`] while serving; stop renewing when no longer serving.
+    pub fn host_client_lease(&self) -> Option<Result<HostClientLease, NodeError>> {
+        match self.firewall {
+            Some(FirewallBackend::Nftables) => Some(HostClientLease::new(&self.spec.targets)),
+            _ => None,
+        }
     }
 
     /// The interface name.
@@ -146,7 +198,7 @@ impl NodeSetup {
         let rules_restored = match self.firewall {
             None => false,
             Some(FirewallBackend::Nftables) => nft::apply(&self.spec.targets)?,
-            Some(FirewallBackend::Iptables) => iptables::apply(&self.spec.targets)?,
+            Some(FirewallBackend::Iptables) => iptables::apply(self.iptables_variant_for_apply()?, &self.spec.targets)?,
         };
         let repairs = Repairs { interface_created, addresses_added, rules_restored };
         if repairs.any() {
@@ -162,7 +214,14 @@ impl NodeSetup {
         match self.firewall {
             None => {}
             Some(FirewallBackend::Nftables) => nft::teardown()?,
-            Some(FirewallBackend::Iptables) => iptables::teardown(&self.spec.targets)?,
+            Some(FirewallBackend::Iptables) => {
+                let last = *self.iptables_variant.lock().unwrap_or_else(|p| p.into_inner());
+                let variant = match last {
+                    Some(v) => v,
+                    None => IptablesVariant::detect()?,
+                };
+                iptables::teardown(variant, &self.spec.targets)?
+            }
         }
         let handle = Self::netlink()?;
         self.local_interface().delete(&handle).await

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::command::run;
+use crate::lease::{LEASE, SET_V4, SET_V6};
 use crate::spec::BypassTargets;
 use crate::{FirewallBackend, NodeError};
 
@@ -22,6 +23,28 @@ pub(crate) struct NotrackTable<'a> {
 impl<'a> NotrackTable<'a> {
     pub(crate) fn new(targets: &'a BypassTargets) -> Self {
         NotrackTable { targets }
+    }
+
+    fn v4_strings(&self) -> Vec<String> {
+        self.targets.v4.iter().map(|a| a.to_string()).collect()
+    }
+
+    fn v6_strings(&self) -> Vec<String> {
+        self.targets.v6.iter().map(|a| a.to_string()).collect()
+    }
+
+    /// One line per (family with addresses, port), naming the family's lease set.
+    fn each_set(&self, f: &dyn Fn(&str, &str, &str, u16) -> String) -> String {
+        let mut s = String::new();
+        let fams = [("ip", SET_V4, !self.targets.v4.is_empty()), ("ip6", SET_V6, !self.targets.v6.is_empty())];
+        for (fam, set, _) in fams.iter().filter(|f| f.2) {
+            for &(proto, port) in &self.targets.ports {
+                s.push_str("\t\t");
+                s.push_str(&f(fam, set, proto.name(), port));
+                s.push('\n');
+            }
+        }
+        s
     }
 
     /// The full transaction text. The first two lines make the `delete` succeed whether or
@@ -46,6 +69,18 @@ impl<'a> NotrackTable<'a> {
         writeln!(out, "table {TABLE}").unwrap();
         writeln!(out, "delete table {TABLE}").unwrap();
         writeln!(out, "table {TABLE} {{").unwrap();
+        // The lease sets, created with fresh elements: whoever applies the table is alive.
+        let lease = LEASE.as_millis();
+        let sets = [(SET_V4, "ipv4_addr", self.v4_strings()), (SET_V6, "ipv6_addr", self.v6_strings())];
+        for (set, ty, members) in sets.iter().filter(|s| !s.2.is_empty()) {
+            let elements: Vec<String> = members.iter().map(|a| format!("{a} timeout {lease}ms")).collect();
+            writeln!(
+                out,
+                "\tset {set} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\telements = {{ {} }}\n\t}}",
+                elements.join(", ")
+            )
+            .unwrap();
+        }
         // Requests from pods: NOTRACK only while a socket of ours is bound to the address.
         // The `socket` expression does not match when the lookup finds no socket, so when
         // nodedns dies (SIGKILL, OOM) the kernel closes its sockets and the very next packet
@@ -66,12 +101,19 @@ impl<'a> NotrackTable<'a> {
             format!("{fam} daddr {addr} {proto} dport {port} {socket} notrack")
         });
         out.push_str("\t}\n");
-        // Our replies. Not to local destinations: host-network clients' requests are tracked
-        // (see `NodeSetup` docs: no request NOTRACK in OUTPUT), and an untracked reply to a
-        // tracked TCP request would leave conntrack with a half-open entry.
+        // Host-network clients (the host-client lease, see `lease.rs`): requests to our
+        // addresses, and our replies to them, are NOTRACKed only while the address is in the
+        // lease set, i.e. while a live nodedns renews it. When it dies the elements expire
+        // within `LEASE` and host clients of the ClusterIP are DNATed by kube-proxy again.
+        // Replies to pods (non-local destinations) are NOTRACKed unconditionally: their
+        // requests were NOTRACKed in raw_prerouting, which only happens while we listen.
         out.push_str("\tchain raw_output {\n\t\ttype filter hook output priority raw; policy accept;\n");
+        out += &self.each_set(&|fam, set, proto, port| format!("{fam} daddr @{set} {proto} dport {port} notrack"));
         out += &each(&|fam, addr, proto, port| {
             format!("{fam} saddr {addr} {proto} sport {port} fib daddr type != local notrack")
+        });
+        out += &self.each_set(&|fam, set, proto, port| {
+            format!("{fam} saddr @{set} {proto} sport {port} fib daddr type local notrack")
         });
         out.push_str("\t}\n");
         // node-cache parity. Note: an nftables `accept` only ends *this* base chain; a drop in
@@ -86,7 +128,8 @@ impl<'a> NotrackTable<'a> {
     }
 }
 
-/// The table as the kernel has it now (`nft list table`), `None` if it does not exist.
+/// The table as the kernel has it now (`nft -t list table`: terse, without set elements,
+/// whose remaining timeouts change every millisecond), `None` if it does not exist.
 fn list() -> Result<Option<String>, NodeError> {
     // `nft list tables` first, so "missing" is told apart from "nft failed" without parsing
     // error text.
@@ -94,7 +137,7 @@ fn list() -> Result<Option<String>, NodeError> {
     if !tables.lines().any(|l| l.trim() == format!("table {TABLE}")) {
         return Ok(None);
     }
-    let listing = run(FirewallBackend::Nftables, "nft", &["list", "table", "inet", "nodedns"], None)?;
+    let listing = run(FirewallBackend::Nftables, "nft", &["-t", "list", "table", "inet", "nodedns"], None)?;
     Ok(Some(listing))
 }
 
@@ -148,6 +191,11 @@ mod tests {
 table inet nodedns
 delete table inet nodedns
 table inet nodedns {
+\tset host_v4 {
+\t\ttype ipv4_addr
+\t\tflags timeout
+\t\telements = { 10.96.0.10 timeout 1500ms }
+\t}
 \tchain raw_prerouting {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tip daddr 10.96.0.10 udp dport 53 socket wildcard 0 notrack
@@ -155,8 +203,12 @@ table inet nodedns {
 \t}
 \tchain raw_output {
 \t\ttype filter hook output priority raw; policy accept;
+\t\tip daddr @host_v4 udp dport 53 notrack
+\t\tip daddr @host_v4 tcp dport 53 notrack
 \t\tip saddr 10.96.0.10 udp sport 53 fib daddr type != local notrack
 \t\tip saddr 10.96.0.10 tcp sport 53 fib daddr type != local notrack
+\t\tip saddr @host_v4 udp sport 53 fib daddr type local notrack
+\t\tip saddr @host_v4 tcp sport 53 fib daddr type local notrack
 \t}
 \tchain filter_input {
 \t\ttype filter hook input priority filter; policy accept;
@@ -176,7 +228,7 @@ table inet nodedns {
     #[test]
     fn v6_with_admin_port() {
         let got = NotrackTable::new(&targets(&["fd00::10"], Some(8080))).render();
-        let pre: Vec<&str> = got.lines().filter(|l| l.contains("dport") && l.contains("notrack")).collect();
+        let pre: Vec<&str> = got.lines().filter(|l| l.contains("dport") && l.contains("socket")).collect();
         assert_eq!(
             pre,
             [
@@ -186,6 +238,11 @@ table inet nodedns {
             ]
         );
         assert!(got.contains("\t\tip6 saddr fd00::10 tcp sport 8080 accept\n"));
+        assert!(got.contains("\t\tip6 daddr @host_v6 tcp dport 8080 notrack\n"));
+        assert!(got.contains(
+            "\tset host_v6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\telements = { fd00::10 timeout 1500ms }\n\t}\n"
+        ));
+        assert!(!got.contains("host_v4"));
     }
 
     #[test]
@@ -201,6 +258,9 @@ table inet nodedns {
                 "\t\tip6 daddr fd00::10 tcp dport 53 accept",
             ]
         );
-        assert_eq!(got.matches("notrack").count(), 8);
+        // Per family and port: pod request, pod reply, host request, host reply.
+        assert_eq!(got.matches("notrack").count(), 8 + 8);
+        assert!(got.contains("elements = { 169.254.20.10 timeout 1500ms }"));
+        assert!(got.contains("elements = { fd00::10 timeout 1500ms }"));
     }
 }

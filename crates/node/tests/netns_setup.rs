@@ -10,7 +10,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::sched::{CloneFlags, setns};
-use nodedns_node::{FirewallBackend, FirewallMode, InterfaceKind, NodeError, NodeSetup, NodeSetupSpec, Repairs};
+use nodedns_node::{
+    FirewallBackend, FirewallMode, InterfaceKind, IptablesVariant, LEASE, NodeError, NodeSetup, NodeSetupSpec, Repairs,
+};
 
 /// A network namespace that is deleted when dropped, even if the test panicked.
 struct Netns(String);
@@ -118,13 +120,14 @@ fn nftables_dual_stack_apply_repair_teardown() {
         let v6 = sh("ip -6 -o addr show dev nodelocaldns");
         let ours = v6.lines().find(|l| l.contains("fd00:96::10/128")).unwrap();
         assert!(ours.contains("nodad") && !ours.contains("tentative"), "{v6}");
-        // 3 addresses x 3 (udp 53, tcp 53, tcp 8080) x 4 chains.
-        assert_eq!(nft_rule_count(), 36);
+        // 3 addresses x 3 (udp 53, tcp 53, tcp 8080) x 4 chains, plus the host-client lease
+        // rules: 2 families x 3 ports x (request, reply).
+        assert_eq!(nft_rule_count(), 48);
 
         for _ in 0..100 {
             assert_eq!(setup.apply().await.unwrap(), NOTHING);
         }
-        assert_eq!(nft_rule_count(), 36);
+        assert_eq!(nft_rule_count(), 48);
         assert_eq!(sh("nft list tables").matches("table inet nodedns").count(), 1);
         assert_eq!(addresses_on_iface().len(), 3);
 
@@ -133,12 +136,12 @@ fn nftables_dual_stack_apply_repair_teardown() {
         sh("ip addr del 10.96.0.10/32 dev nodelocaldns");
         let repaired = setup.apply().await.unwrap();
         assert_eq!(repaired, Repairs { interface_created: false, addresses_added: 1, rules_restored: true });
-        assert_eq!(nft_rule_count(), 36);
+        assert_eq!(nft_rule_count(), 48);
         // A single deleted rule inside our table is drift too.
         let handle = sh("nft -a list chain inet nodedns raw_prerouting | grep 'udp dport 53' | head -1 | sed 's/.*handle //'");
         sh(&format!("nft delete rule inet nodedns raw_prerouting handle {}", handle.trim()));
         assert!(setup.apply().await.unwrap().rules_restored);
-        assert_eq!(nft_rule_count(), 36);
+        assert_eq!(nft_rule_count(), 48);
 
         setup.teardown().await.unwrap();
         assert!(!sh("nft list tables").contains("nodedns"));
@@ -249,5 +252,103 @@ fn dummy_kind_unsupported_is_typed() {
             Err(e @ NodeError::UnsupportedKind { .. }) => assert_eq!(e.kind(), "interface_kind"),
             Err(e) => panic!("unexpected error: {e}"),
         }
+    });
+}
+
+/// Remaining lifetime of the lease element for `addr`, from `nft list set`; `None` if absent.
+fn lease_expires_ms(set: &str, addr: &str) -> Option<u64> {
+    let listing = sh(&format!("nft list set inet nodedns {set}"));
+    let flat = listing.split_whitespace().collect::<Vec<_>>().join(" ");
+    let at = flat.find(&format!("{addr} timeout "))?;
+    let rest = &flat[at..];
+    let expires = rest.split("expires ").nth(1)?.split([',', ' ', '}']).next()?;
+    // e.g. "1s412ms", "987ms", "1s"
+    let mut ms = 0;
+    let mut num = String::new();
+    let mut chars = expires.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+        } else if c == 'm' && chars.peek() == Some(&'s') {
+            chars.next();
+            ms += num.parse::<u64>().ok()?;
+            num.clear();
+        } else if c == 's' {
+            ms += num.parse::<u64>().ok()? * 1000;
+            num.clear();
+        }
+    }
+    Some(ms)
+}
+
+#[test]
+fn host_client_lease_expires_unless_renewed() {
+    let Some(ns) = Netns::create() else { return };
+    ns.run(|| async {
+        let setup = NodeSetup::new(spec(FirewallMode::Nftables, &["10.96.0.10", "fd00:96::10"])).unwrap();
+        setup.apply().await.unwrap();
+        // Applying creates the elements with a fresh lease.
+        assert!(lease_expires_ms("host_v4", "10.96.0.10").is_some_and(|ms| ms <= LEASE.as_millis() as u64));
+        let mut lease = setup.host_client_lease().expect("nftables has a lease").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let before = lease_expires_ms("host_v4", "10.96.0.10").unwrap();
+        lease.renew().unwrap();
+        let after = lease_expires_ms("host_v4", "10.96.0.10").unwrap();
+        assert!(after > before + 400, "renewal restarts the timeout: {before} ms then {after} ms");
+        assert!(lease_expires_ms("host_v6", "fd00:96::10").unwrap() > 1000);
+        // Renewing again and again never duplicates anything.
+        for _ in 0..20 {
+            lease.renew().unwrap();
+        }
+        assert_eq!(sh("nft list set inet nodedns host_v4").matches("10.96.0.10").count(), 1);
+        // Not renewed: gone within the lease.
+        std::thread::sleep(LEASE + std::time::Duration::from_millis(200));
+        assert_eq!(lease_expires_ms("host_v4", "10.96.0.10"), None, "{}", sh("nft list set inet nodedns host_v4"));
+        // Renewal after expiry brings the element back.
+        lease.renew().unwrap();
+        assert!(lease_expires_ms("host_v4", "10.96.0.10").is_some());
+        // A resync's rewrite is not drift although the elements' timers differ.
+        assert!(!setup.apply().await.unwrap().rules_restored);
+        // Without our table, renewal fails with a typed error (resync recreates it).
+        setup.teardown().await.unwrap();
+        assert_eq!(lease.renew().unwrap_err().kind(), "host_lease");
+        // The iptables backend has no lease.
+        let ipt = NodeSetup::new(spec(FirewallMode::Iptables, &["10.96.0.10"])).unwrap();
+        assert!(ipt.host_client_lease().is_none());
+    });
+}
+
+#[test]
+fn iptables_follows_kube_proxys_variant() {
+    let Some(ns) = Netns::create() else { return };
+    ns.run(|| async {
+        let kube = |bin: &str| {
+            sh(&format!(
+                "{bin} -t nat -N KUBE-SERVICES && {bin} -t nat -A PREROUTING -j KUBE-SERVICES && \
+                 {bin} -t nat -A KUBE-SERVICES -d 10.96.0.10/32 -p udp --dport 53 -j DNAT --to-destination 10.244.1.2:53"
+            ))
+        };
+        let ours = |save: &str| sh(&format!("{save} -t raw; {save} -t filter")).lines().filter(|l| l.contains("NODEDNS")).count();
+        // kube-proxy on legacy iptables while the image's default `iptables` is nf_tables.
+        kube("iptables-legacy");
+        let setup = NodeSetup::new(spec(FirewallMode::Iptables, &["10.96.0.10"])).unwrap();
+        setup.apply().await.unwrap();
+        assert_eq!(setup.iptables_variant(), Some(IptablesVariant::Legacy));
+        assert!(ours("iptables-legacy-save") > 0);
+        assert_eq!(ours("iptables-nft-save"), 0);
+        // kube-proxy moves to nf_tables (more KUBE rules there): our rules follow, once.
+        kube("iptables-nft");
+        sh("iptables-nft -t nat -A KUBE-SERVICES -d 10.96.0.11/32 -p tcp --dport 53 -j DNAT --to-destination 10.244.1.2:53");
+        assert!(setup.apply().await.unwrap().rules_restored);
+        assert_eq!(setup.iptables_variant(), Some(IptablesVariant::Nft));
+        assert_eq!(ours("iptables-legacy-save"), 0);
+        let n = ours("iptables-nft-save");
+        assert!(n > 0);
+        assert_eq!(setup.apply().await.unwrap(), NOTHING);
+        assert_eq!(ours("iptables-nft-save"), n);
+        setup.teardown().await.unwrap();
+        assert_eq!(ours("iptables-nft-save") + ours("iptables-legacy-save"), 0);
+        // kube-proxy's rules are untouched.
+        assert!(sh("iptables-legacy-save -t nat").contains("KUBE-SERVICES -d 10.96.0.10/32"));
     });
 }

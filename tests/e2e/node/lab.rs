@@ -1,0 +1,449 @@
+//! A node lab in network namespaces: `pod` ─veth─ `node` (runs nodedns; stand-in kube-proxy
+//! DNAT) ─veth─ `up` (two knotd: the kube-dns pod behind the ClusterIP, and the upstream
+//! nodedns forwards to). Everything is removed on drop, also when the test panicked.
+//!
+//! ```text
+//! pod 10.244.0.2 fd00:244::2 ── vpod 10.244.0.1 fd00:244::1 [node] vup 10.244.1.1 fd00:245::1 ── up
+//!                                 nodelocaldns: 169.254.20.10 10.96.0.10 fd00:10::a fd00:96::a
+//! up: 10.244.1.2 fd00:245::2  knotd "kube-dns" (DNAT target of the ClusterIPs)
+//!     10.244.1.3 fd00:245::3  knotd "upstream" (what nodedns forwards to, over TCP)
+//! ```
+//! Both knotd serve `cluster.local` with the same names, except `whoami.cluster.local TXT`,
+//! which says who answered: "kube-dns" (through kube-proxy's DNAT) or "upstream" (through
+//! nodedns).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const LINK_LOCAL: &str = "169.254.20.10";
+pub const CLUSTER_IP: &str = "10.96.0.10";
+pub const LINK_LOCAL6: &str = "fd00:10::a";
+pub const CLUSTER_IP6: &str = "fd00:96::a";
+pub const KUBE_DNS: &str = "10.244.1.2";
+pub const KUBE_DNS6: &str = "fd00:245::2";
+pub const UPSTREAM: &str = "10.244.1.3";
+pub const UPSTREAM6: &str = "fd00:245::3";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Which iptables the stand-in kube-proxy programs its DNAT with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeProxy {
+    IptablesNft,
+    IptablesLegacy,
+}
+
+impl KubeProxy {
+    pub fn tool(self, v6: bool) -> &'static str {
+        match (self, v6) {
+            (KubeProxy::IptablesNft, false) => "iptables-nft",
+            (KubeProxy::IptablesNft, true) => "ip6tables-nft",
+            (KubeProxy::IptablesLegacy, false) => "iptables-legacy",
+            (KubeProxy::IptablesLegacy, true) => "ip6tables-legacy",
+        }
+    }
+}
+
+pub struct Lab {
+    pub node: String,
+    pub pod: String,
+    pub up: String,
+    pub dir: PathBuf,
+    knots: Vec<Child>,
+}
+
+/// Runs `cmd` with `sh -c` inside namespace `ns`.
+pub fn ns_sh(ns: &str, cmd: &str) -> Output {
+    Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().expect("run ip netns exec")
+}
+
+/// Like [`ns_sh`], panicking with stderr on failure; returns stdout.
+pub fn ns_ok(ns: &str, cmd: &str) -> String {
+    let out = ns_sh(ns, cmd);
+    assert!(
+        out.status.success(),
+        "[{ns}] `{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn host_ok(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Why the lab cannot run here (not root, tools missing), or `None` if it can.
+pub fn unavailable() -> Option<String> {
+    if !Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")) {
+        return Some("needs root (network namespaces)".into());
+    }
+    for tool in ["ip", "knotd", "dig", "getent", "conntrack", "nft", "iptables-nft", "iptables-legacy", "curl"] {
+        if !nodedns_e2e::have(tool) {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    None
+}
+
+fn zone(who: &str) -> String {
+    let mut z = format!(
+        "$ORIGIN cluster.local.\n$TTL 30\n@ SOA ns hostmaster 1 3600 600 86400 5\n@ NS ns\nns A {UPSTREAM}\nwhoami TXT \"{who}\"\n"
+    );
+    for i in 0..10 {
+        z.push_str(&format!("svc{i}.default.svc A 10.0.0.{}\nsvc{i}.default.svc AAAA fd00::{:x}\n", i + 1, i + 1));
+    }
+    z
+}
+
+impl Lab {
+    /// Creates the namespaces, links, routes, the stand-in kube-proxy rules and both knotd.
+    pub fn new(kube_proxy: KubeProxy) -> Lab {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("nd{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("nodedns-lab-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = Lab {
+            node: format!("{id}-node"),
+            pod: format!("{id}-pod"),
+            up: format!("{id}-up"),
+            dir,
+            knots: Vec::new(),
+        };
+        let mut lab = lab;
+        for ns in [&lab.node, &lab.pod, &lab.up] {
+            host_ok(&format!("ip netns add {ns}"));
+            // No duplicate address detection on the lab's links: a tentative link-local
+            // address delays neighbour discovery, and the first IPv6 packet toward a fresh
+            // neighbour (e.g. right after a fail-open) would wait a second for it.
+            ns_ok(ns, "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0");
+        }
+        let (node, pod, up) = (lab.node.clone(), lab.pod.clone(), lab.up.clone());
+        ns_ok(
+            &node,
+            &format!(
+                "ip link set lo up && sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && \
+                 ip link add vpod type veth peer name eth0 netns {pod} && \
+                 ip link add vup type veth peer name eth0 netns {up} && \
+                 ip addr add 10.244.0.1/24 dev vpod && ip addr add fd00:244::1/64 dev vpod nodad && ip link set vpod up && \
+                 ip addr add 10.244.1.1/24 dev vup && ip addr add fd00:245::1/64 dev vup nodad && ip link set vup up && \
+                 ip route add default via {KUBE_DNS} && ip -6 route add default via {KUBE_DNS6}"
+            ),
+        );
+        ns_ok(
+            &pod,
+            "ip link set lo up && ip addr add 10.244.0.2/24 dev eth0 && ip addr add fd00:244::2/64 dev eth0 nodad && \
+             ip link set eth0 up && ip route add default via 10.244.0.1 && ip -6 route add default via fd00:244::1",
+        );
+        ns_ok(
+            &up,
+            &format!(
+                "ip link set lo up && ip addr add {KUBE_DNS}/24 dev eth0 && ip addr add {UPSTREAM}/24 dev eth0 && \
+                 ip addr add {KUBE_DNS6}/64 dev eth0 nodad && ip addr add {UPSTREAM6}/64 dev eth0 nodad && \
+                 ip link set eth0 up && ip route add default via 10.244.1.1 && ip -6 route add default via fd00:245::1"
+            ),
+        );
+        // Stand-in kube-proxy (iptables mode): KUBE-SERVICES in nat PREROUTING and OUTPUT,
+        // DNAT of the ClusterIPs' port 53 to the kube-dns pod.
+        for (v6, vip, target) in
+            [(false, CLUSTER_IP, KUBE_DNS.to_string()), (true, CLUSTER_IP6, format!("[{KUBE_DNS6}]"))]
+        {
+            let t = kube_proxy.tool(v6);
+            let mut cmd = format!(
+                "{t} -t nat -N KUBE-SERVICES && {t} -t nat -A PREROUTING -j KUBE-SERVICES && {t} -t nat -A OUTPUT -j KUBE-SERVICES"
+            );
+            for proto in ["udp", "tcp"] {
+                cmd += &format!(
+                    " && {t} -t nat -A KUBE-SERVICES -d {vip} -p {proto} --dport 53 -j DNAT --to-destination {target}:53"
+                );
+            }
+            ns_ok(&node, &cmd);
+        }
+        for (who, v4, v6) in [("kube-dns", KUBE_DNS, KUBE_DNS6), ("upstream", UPSTREAM, UPSTREAM6)] {
+            let child = lab.start_knot(who, v4, v6);
+            lab.knots.push(child);
+        }
+        // Ready once both answer over TCP. Asked from inside `up`, so the node's conntrack
+        // table stays empty for the tests that count its entries.
+        for (who, addr) in [("kube-dns", KUBE_DNS), ("upstream", UPSTREAM)] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = ns_sh(&up, &format!("dig +tcp +short +time=1 +tries=1 @{addr} whoami.cluster.local TXT"));
+                if String::from_utf8_lossy(&got.stdout).contains(who) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "knotd {who} did not start: {}", lab.knot_log(who));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        lab
+    }
+
+    fn start_knot(&self, who: &str, v4: &str, v6: &str) -> Child {
+        let d = self.dir.join(format!("knot-{who}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cluster.local.zone"), zone(who)).unwrap();
+        let conf = format!(
+            "server:\n  listen: [ {v4}@53, {v6}@53 ]\n  rundir: {d}\n  background-workers: 1\n  udp-workers: 1\n  tcp-workers: 1\n  tcp-idle-timeout: 300\n\
+             database:\n  storage: {d}\nlog:\n  - target: stderr\n    any: warning\ntemplate:\n  - id: default\n    storage: {d}\n    semantic-checks: off\n\
+             zone:\n  - domain: cluster.local\n    file: {d}/cluster.local.zone\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("knot.conf"), conf).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &self.up, "knotd", "-c"])
+            .arg(d.join("knot.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("knot.log")).unwrap())
+            .spawn()
+            .expect("knotd")
+    }
+
+    fn knot_log(&self, who: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("knot-{who}/knot.log"))).unwrap_or_default()
+    }
+
+    /// Points the pod's resolv.conf (`/etc/netns/<pod>/resolv.conf`) at `nameserver`.
+    pub fn pod_resolv(&self, nameserver: &str) {
+        let d = PathBuf::from("/etc/netns").join(&self.pod);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("resolv.conf"),
+            format!("nameserver {nameserver}\noptions ndots:1 timeout:1 attempts:1\n"),
+        )
+        .unwrap();
+    }
+
+    /// `dig +short` from the pod; the answer lines (empty on timeout).
+    pub fn pod_dig(&self, server: &str, args: &str) -> String {
+        dig_in(&self.pod, server, args)
+    }
+
+    /// `dig +short` from the node namespace (a host-network client).
+    pub fn node_dig(&self, server: &str, args: &str) -> String {
+        dig_in(&self.node, server, args)
+    }
+
+    /// Who answers `whoami.cluster.local TXT` sent from the pod to `server`: "upstream" (via
+    /// nodedns), "kube-dns" (via kube-proxy's DNAT), or "" (no answer within 1 s).
+    pub fn pod_whoami(&self, server: &str, tcp: bool) -> String {
+        who(&self.pod_dig(server, &format!("{} whoami.cluster.local TXT", if tcp { "+tcp" } else { "" })))
+    }
+
+    /// The same from a host-network client in the node namespace.
+    pub fn node_whoami(&self, server: &str, tcp: bool) -> String {
+        who(&self.node_dig(server, &format!("{} whoami.cluster.local TXT", if tcp { "+tcp" } else { "" })))
+    }
+
+    /// `conntrack -L` in the node namespace (both families).
+    pub fn conntrack(&self) -> String {
+        ns_ok(&self.node, "conntrack -L -f ipv4 2>/dev/null; conntrack -L -f ipv6 2>/dev/null")
+    }
+}
+
+fn dig_in(ns: &str, server: &str, args: &str) -> String {
+    let out = ns_sh(ns, &format!("dig +short +time=1 +tries=1 @{server} {args}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn who(txt: &str) -> String {
+    txt.lines().find(|l| l.starts_with('"')).map(|l| l.trim_matches('"').to_owned()).unwrap_or_default()
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for k in &mut self.knots {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        for ns in [&self.pod, &self.up, &self.node] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.pod));
+        if std::thread::panicking() {
+            eprintln!("--- lab files kept in {} ---", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Settings of one nodedns instance in the lab.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub addresses: Vec<&'static str>,
+    /// `nftables` or `iptables`.
+    pub firewall: &'static str,
+    pub admin_port: u16,
+    pub teardown_on_exit: bool,
+}
+
+impl NodeConfig {
+    pub fn new(firewall: &'static str, addresses: &[&'static str]) -> NodeConfig {
+        NodeConfig { addresses: addresses.to_vec(), firewall, admin_port: 9253, teardown_on_exit: true }
+    }
+
+    fn render(&self) -> String {
+        let addrs: Vec<String> = self.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            r#"listen: []
+zones:
+  - name: cluster.local
+    upstreams: ["{UPSTREAM}:53"]
+    transport: tcp
+    tcp_connections: 2
+  - name: "."
+    upstreams: ["{UPSTREAM}:53"]
+    transport: tcp
+admin:
+  listen: "127.0.0.1:{admin}"
+node:
+  interface: nodelocaldns
+  interface_kind: bridge
+  addresses: [{addrs}]
+  firewall: {fw}
+  resync_interval_secs: 1
+  teardown_on_exit: {teardown}
+server:
+  workers: 1
+  drain_timeout_secs: 2
+"#,
+            admin = self.admin_port,
+            addrs = addrs.join(", "),
+            fw = self.firewall,
+            teardown = self.teardown_on_exit,
+        )
+    }
+}
+
+/// The real nodedns binary running in the lab's node namespace.
+pub struct NodeDaemon {
+    child: Option<Child>,
+    node: String,
+    admin_port: u16,
+    log: PathBuf,
+}
+
+static DAEMONS: AtomicU32 = AtomicU32::new(0);
+
+impl NodeDaemon {
+    /// Starts nodedns in the node namespace and waits for `/ready` (10 s).
+    pub fn start(lab: &Lab, config: &NodeConfig) -> NodeDaemon {
+        NodeDaemon::start_wrapped(lab, config, &[])
+    }
+
+    /// Like [`NodeDaemon::start`], running the binary under `wrapper` (e.g. `setpriv ...`).
+    pub fn start_wrapped(lab: &Lab, config: &NodeConfig, wrapper: &[&str]) -> NodeDaemon {
+        let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
+        let dir = lab.dir.join(format!("nodedns-{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("nodedns.yaml");
+        std::fs::write(&config_path, config.render()).unwrap();
+        let log = dir.join("nodedns.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.node])
+            .args(wrapper)
+            .arg(nodedns_e2e::nodedns_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", std::env::var("NODEDNS_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn nodedns");
+        let d = NodeDaemon { child: Some(child), node: lab.node.clone(), admin_port: config.admin_port, log };
+        d.wait_ready(Duration::from_secs(10));
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on the admin port (curl inside the node namespace); `None` when unreachable.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let out = ns_sh(
+            &self.node,
+            &format!("curl -s -m 2 -w '\\n%{{http_code}}' http://127.0.0.1:{}{path}", self.admin_port),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_owned()))
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some((200, _)) = self.get("/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nodedns did not become ready within {timeout:?}; log:\n{}", self.log());
+    }
+
+    pub fn metrics(&self) -> String {
+        match self.get("/metrics") {
+            Some((200, body)) => body,
+            other => panic!("metrics unavailable: {other:?}; log:\n{}", self.log()),
+        }
+    }
+
+    /// Sum of all samples of `name` with all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        nodedns_e2e::metric_sum(&self.metrics(), name, labels)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `ip netns exec` execs the binary, so the child's pid is nodedns's.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Waits for exit; returns the exit code (`-1` for a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// SIGTERM and wait for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(15))
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        assert_eq!(self.wait_exit(Duration::from_secs(5)), Some(-1), "SIGKILL");
+    }
+}
+
+impl Drop for NodeDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- nodedns log ({}) ---\n{}", self.log.display(), self.log());
+        }
+    }
+}
