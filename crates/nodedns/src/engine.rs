@@ -390,13 +390,12 @@ impl Engine {
 
         if zone.config.kubernetes_schema
             && crate::schema::verdict(&qname, &zone.config) == crate::schema::SchemaVerdict::CannotExist
+            && let Some(answer) = self.synthesize_nxdomain(&zone, query).await
         {
-            if let Some(answer) = self.synthesize_nxdomain(&zone, query).await {
-                self.metrics.local_synthesized.with_label_values(&[&zone.label]).inc();
-                return Decision::Synthesized(Box::new(answer), zone.config.ttl);
-            }
-            // No SOA learned yet (upstream down): fall through and ask upstream like any name.
+            self.metrics.local_synthesized.with_label_values(&[&zone.label]).inc();
+            return Decision::Synthesized(Box::new(answer), zone.config.ttl);
         }
+        // (No SOA learned yet, e.g. upstream down: ask upstream like any other name.)
 
         let mut rx = self.fetch(&zone, &key);
         let result = if has_stale {
@@ -548,7 +547,14 @@ impl Engine {
         let name = LowerName::new(&wire).ok()?;
         let (key, member) = CacheKey::for_query(name, 6, nodedns_cache::CLASS_IN, false, false);
         let now = self.now();
-        if let Some(m) = self.cache.lookup(&key, member, now, |v| v.message().to_vec()) {
+        if let Some((m, fresh)) = self
+            .cache
+            .lookup(&key, member, now, |v| (v.message().to_vec(), matches!(v.freshness, Freshness::Fresh { .. })))
+        {
+            if !fresh {
+                // Serve the expired SOA now and refresh it in the background.
+                drop(self.fetch(zone, &key));
+            }
             return Some(m);
         }
         let mut rx = self.fetch(zone, &key);

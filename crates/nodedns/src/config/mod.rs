@@ -459,10 +459,20 @@ impl Validator<'_> {
                 }
             });
             let interval = self.range(&key("discover_interval_secs"), z.discover_interval_secs.unwrap_or(30), 1, 3600);
+            // The schema describes a cluster domain: it must never decide over the root or the
+            // reverse zones (their names have nothing to do with Services and Pods).
+            let reverse = ["in-addr.arpa.", "ip6.arpa."].iter().any(|r| name.to_ascii().ends_with(r));
+            if z.kubernetes_schema && (name.is_root() || reverse) {
+                self.problem(&key("kubernetes_schema"), format!("`{name}` is not a cluster domain"));
+            }
             let mut exceptions = Vec::new();
             for (j, e) in z.schema_exceptions.iter().enumerate() {
                 match parse_zone_name(e) {
-                    Ok(n) => exceptions.push(n),
+                    Ok(n) if name.zone_of(&n) => exceptions.push(n),
+                    Ok(n) => self.problem(
+                        &format!("zones[{i}].schema_exceptions[{j}]"),
+                        format!("`{n}` is outside zone `{name}`"),
+                    ),
                     Err(err) => self.problem(&format!("zones[{i}].schema_exceptions[{j}]"), err),
                 }
             }

@@ -136,3 +136,12 @@ fn empty_file_says_what_is_missing() {
     assert!(s.contains("zones"), "{s}");
     assert!(s.contains("listen"), "{s}");
 }
+
+#[test]
+fn kubernetes_schema_only_on_cluster_domains() {
+    let text = "listen: [\"127.0.0.1:5353\"]\nzones:\n  - name: \".\"\n    upstreams: [\"10.0.0.1\"]\n    kubernetes_schema: true\n  - name: cluster.local\n    upstreams: [\"10.0.0.1\"]\n    kubernetes_schema: true\n    schema_exceptions: [\"custom.cluster.local\", \"other.example\"]\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("zones[0].kubernetes_schema"), "{err}");
+    assert!(err.contains("zones[1].schema_exceptions[1]"), "{err}");
+    assert!(!err.contains("schema_exceptions[0]"), "{err}");
+}
