@@ -41,14 +41,15 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
     let mut found: Option<usize> = None;
     for seg in segments(path) {
         let mut hit = None;
-        match seg {
+        match &seg {
             Segment::Key(k) => {
                 for (i, line) in lines.iter().enumerate().skip(start) {
                     if !is_content(line) {
                         continue;
                     }
                     let ind = indent(line);
-                    if ind < min_indent && found.is_some() {
+                    // (A list item's line itself is less indented than its keys.)
+                    if ind < min_indent && found.is_some() && i != start {
                         break;
                     }
                     let body = line.trim_start().trim_start_matches("- ");
@@ -77,7 +78,7 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
                     if t.starts_with("- ") || t == "-" {
                         let ii = *item_indent.get_or_insert(ind);
                         if ind == ii {
-                            if seen == n {
+                            if seen == *n {
                                 hit = Some((i, ind + 1));
                                 break;
                             }
@@ -87,12 +88,13 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
                 }
             }
         }
+        let is_key = matches!(seg, Segment::Key(_));
         match hit {
             Some((line, child_indent)) => {
                 found = Some(line);
-                // Children of a key on line `line` come after it, indented deeper; a list item's
-                // own keys sit on the same line as the dash.
-                start = line;
+                // Children of a key come on the lines after it, indented deeper; a list item's
+                // first key sits on the same line as its dash.
+                start = if is_key { line + 1 } else { line };
                 min_indent = child_indent;
             }
             None => break,
