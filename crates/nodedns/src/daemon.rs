@@ -58,7 +58,9 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), RunError> {
 async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(), RunError> {
     let started = Instant::now();
     let metrics = Metrics::new(config.admin.coredns_compatible_metrics);
-    let engine = Engine::new(&config, metrics.clone());
+    // The kube-dns ConfigMap's zones are merged in before serving; `config` stays the file's.
+    let (serving, kube_dns) = crate::reload::start(&config, &metrics);
+    let engine = Engine::new(&serving, metrics.clone());
     register_scraped(&metrics, &engine);
 
     // Node setup first, so the addresses exist when we bind (FREEBIND covers the other order).
@@ -159,7 +161,13 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
             .map_err(RunError::Runtime)?;
     }
     if let Some(path) = &opts.config_path {
-        tokio::spawn(crate::reload::watch(path.clone(), config.clone(), engine.clone(), stop_rx.clone()));
+        tokio::spawn(crate::reload::watch_from(
+            path.clone(),
+            config.clone(),
+            kube_dns,
+            engine.clone(),
+            stop_rx.clone(),
+        ));
     }
     info!(
         listen = ?config.listen,

@@ -478,8 +478,9 @@ impl Engine {
         match fk.kind {
             KeyKind::Single(qtype) => match zone.pool.resolve(&question(qtype), bailiwick).await {
                 Ok(r) => {
-                    self.upstream_answered.store(true, Relaxed);
                     let _ = self.cache.insert(&key, &r.answer, &policy, self.now());
+                    // After the insert: readiness must not announce an answer not yet cached.
+                    self.upstream_answered.store(true, Relaxed);
                     FetchResult::Single(Arc::new(Fetched::new(&r.answer, &policy)))
                 }
                 Err(e) => FetchResult::Failed(e),

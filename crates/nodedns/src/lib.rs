@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod discover;
 pub mod engine;
 pub mod handover;
+pub mod kubedns;
 pub mod logging;
 pub mod metrics;
 pub mod node_setup;

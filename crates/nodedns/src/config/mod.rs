@@ -159,6 +159,9 @@ pub struct ServerConfig {
 pub struct KubeDnsConfigMap {
     pub path: PathBuf,
     pub reload_interval: Duration,
+    /// How the ConfigMap's nameservers are reached: UDP by default, as kube-dns and node-cache
+    /// reached them (kubernetes/dns 0ceb7f4a: UDP-only stub servers broke over TCP).
+    pub transport: nodedns_upstream::Transport,
 }
 
 /// A validated configuration: every value is in range and typed.
@@ -575,10 +578,14 @@ impl Validator<'_> {
                 path: PathBuf::from(&k.path),
                 reload_interval: Duration::from_secs(self.range(
                     "kube_dns_configmap.reload_interval_secs",
-                    k.reload_interval_secs.max(1),
+                    k.reload_interval_secs,
                     1,
                     3600,
                 ) as u64),
+                transport: match k.transport {
+                    Some(RawTransport::Tcp) => nodedns_upstream::Transport::Tcp,
+                    Some(RawTransport::Udp) | None => nodedns_upstream::Transport::Udp,
+                },
             }
         });
 

@@ -220,10 +220,19 @@ impl Default for RawServer {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct RawKubeDnsConfigMap {
     /// Directory where the kube-dns ConfigMap is mounted (files `stubDomains`, `upstreamNameservers`).
     pub path: String,
     pub reload_interval_secs: u32,
+    /// Transport to the ConfigMap's nameservers (stub domains, upstreamNameservers); default udp.
+    pub transport: Option<RawTransport>,
+}
+
+impl Default for RawKubeDnsConfigMap {
+    fn default() -> Self {
+        // node-cache re-reads every 10 s; the kubelet takes longer than that to update a volume.
+        Self { path: String::new(), reload_interval_secs: 10, transport: None }
+    }
 }
