@@ -45,6 +45,17 @@ fn worker_count(config: &Config) -> usize {
 }
 
 pub fn run(config: Config, opts: RunOptions) -> Result<(), RunError> {
+    // Every client TCP connection is a descriptor: raise the soft limit before any thread starts.
+    match crate::rlimit::raise_nofile() {
+        Ok(l) if !crate::rlimit::covers(&l, config.limits.max_tcp_connections) => warn!(
+            soft = l.soft,
+            hard = l.hard,
+            max_tcp_connections = config.limits.max_tcp_connections,
+            "the open-file limit is below what limits.max_tcp_connections needs"
+        ),
+        Ok(l) => info!(soft = l.soft, was = l.soft_before, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let workers = worker_count(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.clamp(1, 4))
@@ -100,6 +111,20 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     let mut admin_listeners = Vec::new();
     for a in &config.admin.listen {
         admin_listeners.push(bind_tcp(*a).map_err(RunError::Bind)?);
+    }
+    // Least privilege: every socket is bound and node setup has run. Keep only what resync and
+    // teardown need (NET_ADMIN, and NET_RAW where granted for iptables-legacy); nothing without
+    // node integration. NET_BIND_SERVICE goes: listeners are never rebound (restart needed).
+    let keep = if config.node.is_some() { crate::privileges::resync_capabilities() } else { 0 };
+    match crate::privileges::keep_only(keep) {
+        Ok(d) => info!(
+            before = %format!("{:#x}", d.before),
+            kept = %format!("{:#x}", d.kept),
+            threads = d.threads,
+            bounding_reduced = d.bounding_reduced,
+            "capabilities dropped"
+        ),
+        Err(e) => warn!(error = %e, "cannot drop capabilities"),
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -16,7 +16,8 @@ fn get() -> io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((r.rlim_cur as u64, r.rlim_max as u64))
+    // rlim_t is u64 on Linux.
+    Ok((r.rlim_cur, r.rlim_max))
 }
 
 fn set(soft: u64, hard: u64) -> io::Result<()> {

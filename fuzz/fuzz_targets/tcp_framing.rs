@@ -1,0 +1,7 @@
+//! `cargo fuzz run tcp_framing`: see `fuzz/harness.rs` for what runs and which invariants are checked.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::tcp_stream(data));
