@@ -11,7 +11,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p nodedns \
- && install -D -m 0755 target/release/nodedns /out/nodedns
+ && install -s -D -m 0755 target/release/nodedns /out/nodedns
 
 FROM debian:bookworm-slim
 # nodedns shells out to `nft` or to iptables-save/-restore and ip6tables-save/-restore for its conntrack-bypass
