@@ -165,18 +165,7 @@ fn synthetic_answer(name: LowerName<'_>, qtype: u16, dnssec_ok: bool, cd: bool, 
 }
 
 fn wire_to_name(wire: &[u8]) -> Option<Name> {
-    let mut labels = Vec::new();
-    let mut pos = 0;
-    while let Some(&len) = wire.get(pos) {
-        if len == 0 {
-            break;
-        }
-        labels.push(wire.get(pos + 1..pos + 1 + len as usize)?);
-        pos += 1 + len as usize;
-    }
-    let mut n = Name::from_labels(labels).ok()?;
-    n.set_fqdn(true);
-    Some(n)
+    nodedns_wire::name_from_wire(wire)
 }
 
 /// The end of an uncompressed name at `pos`, if it is one.

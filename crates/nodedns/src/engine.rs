@@ -615,21 +615,7 @@ impl Engine {
     }
 }
 
-/// A lower-cased wire name as a hickory `Name`.
-pub fn name_from_wire(wire: &[u8]) -> Option<Name> {
-    let mut labels = Vec::new();
-    let mut pos = 0;
-    while let Some(&len) = wire.get(pos) {
-        if len == 0 {
-            break;
-        }
-        labels.push(wire.get(pos + 1..pos + 1 + len as usize)?);
-        pos += 1 + len as usize;
-    }
-    let mut n = Name::from_labels(labels).ok()?;
-    n.set_fqdn(true);
-    Some(n)
-}
+pub use nodedns_wire::name_from_wire;
 
 fn display_name(wire: &[u8]) -> String {
     name_from_wire(wire).map(|n| n.to_ascii()).unwrap_or_else(|| "<invalid>".into())

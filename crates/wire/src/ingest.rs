@@ -129,7 +129,7 @@ pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result
         }
     };
 
-    let qname = Name::from_wire_lower(q.name.as_wire())?;
+    let qname = question_name(q)?;
     let qtype = RecordType::from(q.qtype);
     let (answers, final_target, found) = follow_chain(&msg.answers, &qname, qtype, q.dnssec_ok);
 
@@ -166,28 +166,24 @@ pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result
     Ok(Ingested::Answer(CacheableAnswer { message, ttl_offsets, disposition }))
 }
 
-trait FromWireLower: Sized {
-    fn from_wire_lower(wire: &[u8]) -> Result<Self, IngestError>;
+/// An uncompressed wire name (as a cache key holds it) as a hickory `Name`, fully qualified.
+pub fn name_from_wire(wire: &[u8]) -> Option<Name> {
+    let mut labels = Vec::new();
+    let mut pos = 0;
+    while let Some(&len) = wire.get(pos) {
+        if len == 0 {
+            break;
+        }
+        labels.push(wire.get(pos + 1..pos + 1 + len as usize)?);
+        pos += 1 + len as usize;
+    }
+    let mut name = Name::from_labels(labels).ok()?;
+    name.set_fqdn(true);
+    Some(name)
 }
 
-impl FromWireLower for Name {
-    fn from_wire_lower(wire: &[u8]) -> Result<Self, IngestError> {
-        let mut labels = Vec::new();
-        let mut pos = 0;
-        while let Some(&len) = wire.get(pos) {
-            if len == 0 {
-                break;
-            }
-            let label = wire
-                .get(pos + 1..pos + 1 + len as usize)
-                .ok_or_else(|| IngestError::Malformed("question name".into()))?;
-            labels.push(label);
-            pos += 1 + len as usize;
-        }
-        let mut name = Name::from_labels(labels).map_err(|e| IngestError::Malformed(e.to_string()))?;
-        name.set_fqdn(true);
-        Ok(name)
-    }
+fn question_name(q: &UpstreamQuestion<'_>) -> Result<Name, IngestError> {
+    name_from_wire(q.name.as_wire()).ok_or_else(|| IngestError::Malformed("question name".into()))
 }
 
 /// Walks the answer section from `qname`: records at the current target of the asked type,
@@ -280,9 +276,7 @@ pub fn encode_answer(
         enc.emit_u16(authority.len() as u16)?;
         enc.emit_u16(additional.len() as u16)?;
         // The question as a Name so later owner names compress against it.
-        Name::from_wire_lower(q.name.as_wire())
-            .map_err(|e| hickory_proto::ProtoError::from(e.to_string()))?
-            .emit(&mut enc)?;
+        question_name(q).map_err(|e| hickory_proto::ProtoError::from(e.to_string()))?.emit(&mut enc)?;
         enc.emit_u16(q.qtype)?;
         enc.emit_u16(q.qclass)?;
         for r in answers.iter().chain(authority).chain(additional) {

@@ -15,7 +15,9 @@ pub mod ingest;
 pub mod query;
 pub mod render;
 
-pub use ingest::{IngestError, Ingested, UpstreamQuestion, answers_question, build_query, ingest, response_id};
+pub use ingest::{
+    IngestError, Ingested, UpstreamQuestion, answers_question, build_query, ingest, name_from_wire, response_id,
+};
 pub use query::{Edns, Malformed, Parsed, Query, RejectedQuery, Rejection, parse_query};
 pub use render::{
     ADVERTISED_UDP_PAYLOAD, MAX_MESSAGE, Rcode, Transport, render_any_hinfo, render_cached, render_rcode,
