@@ -17,9 +17,6 @@ use crate::metrics::{CacheSample, EndpointSample, Metrics, ScrapedCollector};
 use crate::server::udp::{self, WorkerControl};
 use crate::server::{Listeners, bind_tcp, tcp};
 
-/// Misses queued between the UDP workers and the async runtime.
-const MISS_QUEUE: usize = 1024;
-
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -129,9 +126,10 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let control = WorkerControl::new(listeners.udp.len());
-    // A short hand-off queue: the dispatcher spawns each job at once, and a full queue means
-    // the runtime is saturated — workers then shed (REFUSED) instead of queueing without bound.
-    let (miss_tx, miss_rx) = mpsc::channel(MISS_QUEUE.min(config.limits.max_inflight));
+    // The hand-off queue holds at most `max_inflight` jobs (about 100 bytes each): a burst of
+    // identical misses (10,000 clients asking one name at once) is queued and coalesced, not
+    // shed; past the bound, workers answer REFUSED instead of queueing more.
+    let (miss_tx, miss_rx) = mpsc::channel(config.limits.max_inflight);
     tokio::spawn(udp::run_miss_dispatcher(engine.clone(), miss_rx));
 
     let mut worker_threads = Vec::new();
