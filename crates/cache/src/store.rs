@@ -1,11 +1,17 @@
 //! The sharded, byte-bounded entry store.
 //!
-//! Each shard is a slab of entries plus a `hashbrown::HashTable` of slab indices, behind a
-//! read-write lock. A hit takes the read lock, compares the key against the entry's own bytes
-//! (the key is never stored twice), and hands the caller a view of the stored wire message: no
-//! allocation, no reference counting. Eviction is CLOCK (second chance) over the slab, with
+//! Each shard is a `hashbrown::HashTable` holding its entries' slots inline, behind a read-write
+//! lock. A hit takes the read lock, compares the key against the entry's own bytes (the key is
+//! never stored twice), and hands the caller a view of the stored wire message: no allocation,
+//! no reference counting. Eviction is CLOCK (second chance) over the table's buckets, with
 //! entries past their stale window evicted first; the referenced bit is an atomic so hits never
 //! need the write lock.
+//!
+//! Why slots live in the table's buckets rather than in a slab indexed by the table: a hit is a
+//! chain of dependent memory loads (control bytes → bucket → entry blob), and at a hit rate of
+//! 100k/s on a core shared with the kernel's packet work, each of them is usually a cache miss.
+//! An index table over a slab adds one more link (bucket → slab slot); profiles of the hit
+//! workload (benches/RESULTS.md) showed the table probe as the largest user-space cost.
 
 use std::mem::size_of;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -42,10 +48,12 @@ struct Slot {
     key_flags: u8,
     state: AtomicU8,
     hits: AtomicU32,
-    stored_at: Timestamp,
     expires_at: Timestamp,
     lifetime: Ttl,
 }
+
+// Slots fill every table bucket, empty or not: keep them small (memory per name, issue #7).
+const _: () = assert!(size_of::<Slot>() <= 48);
 
 impl Slot {
     fn name(&self) -> &[u8] {
@@ -90,6 +98,12 @@ impl Slot {
         allocated(self.blob.len())
     }
 
+    /// When the entry was stored: derived rather than kept, since slots live in every table
+    /// bucket (empty ones too), so each byte of a slot is paid about 1.1 to 2.3 times.
+    fn stored_at(&self) -> Timestamp {
+        Timestamp::from_millis(self.expires_at.as_millis().saturating_sub(self.lifetime.secs() as u64 * 1000))
+    }
+
     fn is_dead(&self, now: Timestamp, max_stale: Ttl) -> bool {
         now >= self.expires_at.add_secs(max_stale.secs())
     }
@@ -116,59 +130,61 @@ fn build_blob(name: &[u8], answers: &[&CacheableAnswer]) -> Box<[u8]> {
     b.into_boxed_slice()
 }
 
+/// hashbrown's control bytes past the last bucket (its SSE2 group width), counted as held.
+const TABLE_CTRL_TAIL: usize = 16;
+
 struct Shard {
-    table: HashTable<u32>,
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
+    /// The entries, stored in the table's buckets (see the module doc for why not in a slab).
+    table: HashTable<Slot>,
+    /// The CLOCK hand: a bucket index. A rehash reorders buckets; the hand simply goes on from
+    /// where it is, which keeps CLOCK's approximation (every entry still gets a second chance
+    /// per sweep).
     hand: usize,
     blob_bytes: usize,
 }
 
 impl Shard {
     fn new() -> Self {
-        Self { table: HashTable::new(), slots: Vec::new(), free: Vec::new(), hand: 0, blob_bytes: 0 }
+        Self { table: HashTable::new(), hand: 0, blob_bytes: 0 }
     }
 
-    /// Every byte this shard holds: entry blobs plus the slab, free list and table capacity.
+    /// Every byte this shard holds: entry blobs plus the table's buckets and control bytes.
     fn bytes(&self) -> usize {
-        self.blob_bytes
-            + self.slots.capacity() * size_of::<Option<Slot>>()
-            + self.free.capacity() * size_of::<u32>()
-            + self.table.capacity() * (size_of::<u32>() + 1)
+        let buckets = self.table.num_buckets();
+        self.blob_bytes + if buckets == 0 { 0 } else { buckets * (size_of::<Slot>() + 1) + TABLE_CTRL_TAIL }
     }
 
-    fn find(&self, hash: u64, key: &CacheKey<'_>) -> Option<u32> {
-        let slots = &self.slots;
-        self.table.find(hash, |&i| slots[i as usize].as_ref().is_some_and(|s| s.matches(hash, key))).copied()
+    fn find(&self, hash: u64, key: &CacheKey<'_>) -> Option<&Slot> {
+        self.table.find(hash, |s| s.matches(hash, key))
     }
 
-    fn remove_index(&mut self, index: u32) -> Option<Slot> {
-        let slot = self.slots[index as usize].take()?;
-        if let Ok(entry) = self.table.find_entry(slot.hash, |&i| i == index) {
-            entry.remove();
-        }
-        self.free.push(index);
+    fn remove_bucket(&mut self, index: usize) -> Option<Slot> {
+        let (slot, _) = self.table.get_bucket_entry(index).ok()?.remove();
         self.blob_bytes -= slot.bytes();
         Some(slot)
     }
 
-    /// Evicts one entry by CLOCK; returns false if the shard is empty.
-    fn evict_one(&mut self, now: Timestamp, max_stale: Ttl) -> bool {
-        let n = self.slots.len();
-        if n == 0 || self.table.is_empty() {
+    /// Evicts one entry by CLOCK, never the one whose hash is `keep` (the entry just inserted,
+    /// which has had no chance to be referenced yet); returns false if nothing could go.
+    fn evict_one(&mut self, now: Timestamp, max_stale: Ttl, keep: Option<u64>) -> bool {
+        let n = self.table.num_buckets();
+        if self.table.is_empty() {
             return false;
         }
         // Two sweeps suffice: the first clears every referenced bit it passes.
         for _ in 0..2 * n {
             let i = self.hand % n;
             self.hand = (i + 1) % n;
-            let Some(slot) = &self.slots[i] else { continue };
+            let Some(slot) = self.table.get_bucket(i) else { continue };
+            if keep == Some(slot.hash) {
+                continue;
+            }
             let state = slot.state.load(Relaxed);
             if state & REFERENCED != 0 && !slot.is_dead(now, max_stale) {
                 slot.state.fetch_and(!REFERENCED, Relaxed);
                 continue;
             }
-            self.remove_index(i as u32);
+            self.remove_bucket(i);
             return true;
         }
         false
@@ -224,9 +240,16 @@ pub enum InsertError {
     TooLarge,
 }
 
+/// One shard's lock and table header, alone in its cache lines: every hit takes the read lock
+/// (an atomic add on the lock word), so with one UDP worker per core, shards sharing a line
+/// would bounce it between cores even when their keys never collide. 128 bytes covers the
+/// adjacent-line prefetcher of x86 cores as well as the 64-byte line.
+#[repr(align(128))]
+struct ShardCell(RwLock<Shard>);
+
 /// The answer cache.
 pub struct Cache {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[ShardCell]>,
     shard_mask: u64,
     shard_budget: usize,
     limits: CacheLimits,
@@ -240,7 +263,7 @@ impl Cache {
     pub fn new(limits: CacheLimits) -> Self {
         let shards = limits.shards.max(1).next_power_of_two();
         Self {
-            shards: (0..shards).map(|_| RwLock::new(Shard::new())).collect(),
+            shards: (0..shards).map(|_| ShardCell(RwLock::new(Shard::new()))).collect(),
             shard_mask: shards as u64 - 1,
             shard_budget: limits.max_bytes / shards,
             limits,
@@ -269,7 +292,7 @@ impl Cache {
 
     fn shard_of(&self, hash: u64) -> &RwLock<Shard> {
         // The low bits pick the bucket inside hashbrown; use the high bits for the shard.
-        &self.shards[((hash >> 48) & self.shard_mask) as usize]
+        &self.shards[((hash >> 48) & self.shard_mask) as usize].0
     }
 
     /// Looks `key` up and, if an answer for `member` is stored and not dead, calls `f` with it
@@ -284,8 +307,7 @@ impl Cache {
     ) -> Option<R> {
         let hash = key.hash_with(&self.hasher);
         let shard = self.shard_of(hash).read();
-        let index = shard.find(hash, key)?;
-        let slot = shard.slots[index as usize].as_ref()?;
+        let slot = shard.find(hash, key)?;
         let (message, ttl_offsets) = slot.member(member.index())?;
         let split = slot.state.load(Relaxed) & SPLIT != 0;
         let (ttl, freshness) = if now < slot.expires_at {
@@ -310,9 +332,14 @@ impl Cache {
     /// Prefetch rule: an entry asked for at least [`PREFETCH_MIN_HITS`] times is due for refresh
     /// in the last tenth of its lifetime (at least one second, at most half). Claimed once.
     fn claim_refresh(&self, slot: &Slot, remaining_ms: u64) -> bool {
-        let hits = slot.hits.fetch_add(1, Relaxed).saturating_add(1);
-        if hits < PREFETCH_MIN_HITS {
-            return false;
+        // Hits are counted only up to the threshold: past it the count is never read, so a hit
+        // on a popular entry is a plain load instead of a locked add that dirties the entry's
+        // cache line (which would bounce between cores serving the same name).
+        if slot.hits.load(Relaxed) < PREFETCH_MIN_HITS {
+            let hits = slot.hits.fetch_add(1, Relaxed).saturating_add(1);
+            if hits < PREFETCH_MIN_HITS {
+                return false;
+            }
         }
         let life_ms = slot.lifetime.secs() as u64 * 1000;
         let window = (life_ms / 10).max(1000).min(life_ms / 2);
@@ -372,7 +399,7 @@ impl Cache {
             return Err(InsertError::Inconsistent);
         }
         let blob = build_blob(key.name.as_wire(), answers);
-        let need = allocated(blob.len()) + size_of::<Option<Slot>>() + size_of::<u32>() + 1;
+        let need = allocated(blob.len()) + size_of::<Slot>() + 1;
         if need > self.shard_budget {
             self.counters.rejected.fetch_add(1, Relaxed);
             return Err(InsertError::TooLarge);
@@ -386,7 +413,6 @@ impl Cache {
             key_flags: key.flags_byte(),
             state: AtomicU8::new(if split { SPLIT } else { 0 }),
             hits: AtomicU32::new(0),
-            stored_at: now,
             expires_at: now.add_secs(lifetime.secs()),
             lifetime,
         };
@@ -395,33 +421,22 @@ impl Cache {
         let before_entries = shard.table.len();
         let mut evicted = 0;
 
-        if let Some(index) = shard.find(hash, key) {
-            let old = shard.slots[index as usize].replace(slot).map(|s| s.bytes()).unwrap_or(0);
-            let new = shard.slots[index as usize].as_ref().map(|s| s.bytes()).unwrap_or(0);
+        if let Some(existing) = shard.table.find_mut(hash, |s| s.matches(hash, key)) {
+            let (old, new) = (existing.bytes(), slot.bytes());
+            *existing = slot;
             shard.blob_bytes = shard.blob_bytes - old + new;
         } else {
-            // Make room first, counting the growth of the slab and table this insert may cause.
-            while shard.bytes() + need > self.shard_budget && shard.evict_one(now, self.limits.max_stale) {
+            // Make room first, counting the bucket this insert takes.
+            while shard.bytes() + need > self.shard_budget && shard.evict_one(now, self.limits.max_stale, None) {
                 evicted += 1;
             }
             shard.blob_bytes += slot.bytes();
-            let index = match shard.free.pop() {
-                Some(i) => {
-                    shard.slots[i as usize] = Some(slot);
-                    i
-                }
-                None => {
-                    shard.slots.push(Some(slot));
-                    (shard.slots.len() - 1) as u32
-                }
-            };
-            let Shard { table, slots, .. } = &mut *shard;
-            table.insert_unique(hash, index, |&i| slots[i as usize].as_ref().map_or(0, |s| s.hash));
-            // Growth of the slab or table may still overshoot by a rehash; shed entries until
-            // the shard is back under its budget.
+            shard.table.insert_unique(hash, slot, |s| s.hash);
+            // Growth of the table may still overshoot by a rehash; shed entries (never the new
+            // one) until the shard is back under its budget.
             while shard.bytes() > self.shard_budget
                 && shard.table.len() > 1
-                && shard.evict_one(now, self.limits.max_stale)
+                && shard.evict_one(now, self.limits.max_stale, Some(hash))
             {
                 evicted += 1;
             }
@@ -444,10 +459,11 @@ impl Cache {
         let hash = key.hash_with(&self.hasher);
         let mut shard = self.shard_of(hash).write();
         let before = shard.bytes();
-        let Some(index) = shard.find(hash, key) else {
+        let Ok(entry) = shard.table.find_entry(hash, |s| s.matches(hash, key)) else {
             return false;
         };
-        shard.remove_index(index);
+        let (slot, _) = entry.remove();
+        shard.blob_bytes -= slot.bytes();
         let after = shard.bytes();
         drop(shard);
         self.bytes.fetch_sub((before - after) as u64, Relaxed);
@@ -459,8 +475,7 @@ impl Cache {
     pub fn entry_age(&self, key: &CacheKey<'_>, now: Timestamp) -> Option<(u64, Ttl)> {
         let hash = key.hash_with(&self.hasher);
         let shard = self.shard_of(hash).read();
-        let index = shard.find(hash, key)?;
-        let slot = shard.slots[index as usize].as_ref()?;
-        Some((now.millis_since(slot.stored_at), slot.lifetime))
+        let slot = shard.find(hash, key)?;
+        Some((now.millis_since(slot.stored_at()), slot.lifetime))
     }
 }
