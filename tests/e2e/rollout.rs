@@ -150,6 +150,13 @@ fn process_replaced_three_times_under_load_loses_nothing() {
         let next = Daemon::spawn_at(&cfg, dns, free_addr(), &[]);
         next.wait_ready(Duration::from_secs(10));
         assert!(next.log().contains("received DNS sockets"), "no handover: {}", next.log());
+        // The warm cache follows the sockets.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !next.log().contains("warm cache received") {
+            assert!(Instant::now() < deadline, "no cache handover: {}", next.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!next.log().contains("warm cache received records=0"), "{}", next.log());
         let code = current.stop();
         assert_eq!(code, Some(0), "old process exits cleanly after draining");
         current = next;
@@ -203,7 +210,12 @@ fn reload_applies_new_ttls_and_upstreams_keeps_the_cache_and_rejects_bad_files()
     // The cache is still warm: the cached name is a hit and never reaches the new upstream.
     assert!(ttl("cached.example") > 10);
     assert_eq!(b.query_count("cached.example", RecordType::A), 0);
-    assert!(d.metric("nodedns_cache_hits_total") > hits_before);
+    // Workers count a batch's hits after sending it: give the counter a moment.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while d.metric("nodedns_cache_hits_total") <= hits_before {
+        assert!(Instant::now() < deadline, "the cached name was not a hit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // New names go to the new upstream, with the new ceiling.
     assert!(ttl("fresh.example") <= 10);
     assert_eq!(b.query_count("fresh.example", RecordType::A), 1);

@@ -20,7 +20,7 @@ use hashbrown::HashTable;
 use parking_lot::RwLock;
 
 use crate::answer::{AnswerView, CacheableAnswer, Freshness, STALE_TTL};
-use crate::key::{CacheKey, Member};
+use crate::key::{CacheKey, KeyKind, LowerName, Member};
 use crate::ttl::{Timestamp, Ttl, TtlPolicy};
 
 const REFERENCED: u8 = 1;
@@ -399,6 +399,20 @@ impl Cache {
             return Err(InsertError::Inconsistent);
         }
         let blob = build_blob(key.name.as_wire(), answers);
+        let expires_at = now.add_secs(lifetime.secs());
+        self.store_blob(key, blob, lifetime, expires_at, split, now)
+    }
+
+    /// Stores a built entry blob under `key`.
+    fn store_blob(
+        &self,
+        key: &CacheKey<'_>,
+        blob: Box<[u8]>,
+        lifetime: Ttl,
+        expires_at: Timestamp,
+        split: bool,
+        now: Timestamp,
+    ) -> Result<Inserted, InsertError> {
         let need = allocated(blob.len()) + size_of::<Slot>() + 1;
         if need > self.shard_budget {
             self.counters.rejected.fetch_add(1, Relaxed);
@@ -413,7 +427,7 @@ impl Cache {
             key_flags: key.flags_byte(),
             state: AtomicU8::new(if split { SPLIT } else { 0 }),
             hits: AtomicU32::new(0),
-            expires_at: now.add_secs(lifetime.secs()),
+            expires_at,
             lifetime,
         };
         let mut shard = self.shard_of(hash).write();
@@ -478,4 +492,118 @@ impl Cache {
         let slot = shard.find(hash, key)?;
         Some((now.millis_since(slot.stored_at()), slot.lifetime))
     }
+}
+
+/// Handing a warm cache to a successor process (rolling update): every live entry is exported as
+/// a self-describing record; the successor validates each record fully before storing it, so a
+/// damaged or hostile stream can cost entries but never corrupt the cache or panic.
+///
+/// Record: `kind_code: u32 LE, class: u16 LE, key flags: u8, split: u8, lifetime secs: u32 LE,
+/// remaining ms: i64 LE (negative: expired that long ago), entry blob`. Times are relative because
+/// the two processes' clocks have different epochs.
+impl Cache {
+    /// Calls `emit` with one record per entry not past its stale window; stops early if `emit`
+    /// returns false. Returns the number of records emitted.
+    pub fn export(&self, now: Timestamp, mut emit: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut n = 0;
+        let mut rec = Vec::with_capacity(512);
+        for cell in self.shards.iter() {
+            let shard = cell.0.read();
+            for slot in shard.table.iter() {
+                if slot.is_dead(now, self.limits.max_stale) {
+                    continue;
+                }
+                let remaining = slot.expires_at.as_millis() as i64 - now.as_millis() as i64;
+                rec.clear();
+                rec.extend_from_slice(&slot.kind_code.to_le_bytes());
+                rec.extend_from_slice(&slot.class.to_le_bytes());
+                rec.push(slot.key_flags);
+                rec.push((slot.state.load(Relaxed) & SPLIT != 0) as u8);
+                rec.extend_from_slice(&slot.lifetime.secs().to_le_bytes());
+                rec.extend_from_slice(&remaining.to_le_bytes());
+                rec.extend_from_slice(&slot.blob);
+                if !emit(&rec) {
+                    return n;
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Validates and stores one exported record.
+    pub fn import(&self, record: &[u8], now: Timestamp) -> Result<Inserted, InsertError> {
+        const HEAD: usize = 4 + 2 + 1 + 1 + 4 + 8;
+        let bad = || {
+            self.counters.rejected.fetch_add(1, Relaxed);
+            InsertError::Inconsistent
+        };
+        if record.len() <= HEAD {
+            return Err(bad());
+        }
+        let kind_code = u32::from_le_bytes(record[0..4].try_into().map_err(|_| bad())?);
+        let class = u16::from_le_bytes([record[4], record[5]]);
+        let flags = record[6];
+        let split = record[7] != 0;
+        let lifetime = Ttl::from_secs(u32::from_le_bytes(record[8..12].try_into().map_err(|_| bad())?));
+        let remaining = i64::from_le_bytes(record[12..20].try_into().map_err(|_| bad())?);
+        let blob = &record[HEAD..];
+        if flags > 3 || kind_code > u16::MAX as u32 + 1 || !blob_is_valid(blob, kind_code == 0) {
+            return Err(bad());
+        }
+        let name = LowerName::new(&blob[1..1 + blob[0] as usize]).map_err(|_| bad())?;
+        let kind = if kind_code == 0 { KeyKind::Pair } else { KeyKind::Single((kind_code - 1) as u16) };
+        let key = CacheKey { name, kind, class, dnssec_ok: flags & 1 != 0, checking_disabled: flags & 2 != 0 };
+        let expires_at = if remaining >= 0 {
+            now.add_millis(remaining as u64)
+        } else {
+            Timestamp::from_millis(now.as_millis().saturating_sub(remaining.unsigned_abs()))
+        };
+        if now >= expires_at.add_secs(self.limits.max_stale.secs()) {
+            return Err(bad());
+        }
+        self.store_blob(&key, blob.into(), lifetime, expires_at, split, now)
+    }
+}
+
+/// Whether `blob` has the entry layout (see [`Slot`]): a lower-case name, one member (two for a
+/// pair), lengths that add up, messages whose question is the name, and TTL offsets inside them.
+fn blob_is_valid(blob: &[u8], pair: bool) -> bool {
+    let Some(&name_len) = blob.first() else { return false };
+    let name_end = 1 + name_len as usize;
+    let Some(name) = blob.get(1..name_end) else { return false };
+    if LowerName::new(name).is_err() {
+        return false;
+    }
+    let Some(&members) = blob.get(name_end) else { return false };
+    if members as usize != if pair { 2 } else { 1 } {
+        return false;
+    }
+    let header = name_end + 1;
+    let Some(heads) = blob.get(header..header + 3 * members as usize) else { return false };
+    let lens: Vec<(usize, usize)> =
+        heads.chunks_exact(3).map(|h| (u16::from_le_bytes([h[0], h[1]]) as usize, h[2] as usize)).collect();
+    let offsets_start = header + 3 * members as usize;
+    let offsets_len: usize = lens.iter().map(|(_, t)| 2 * t).sum();
+    let msgs_len: usize = lens.iter().map(|(m, _)| m).sum();
+    if blob.len() != offsets_start + offsets_len + msgs_len {
+        return false;
+    }
+    let mut off_pos = offsets_start;
+    let mut msg_pos = offsets_start + offsets_len;
+    for (msg_len, ttls) in lens {
+        let msg = &blob[msg_pos..msg_pos + msg_len];
+        if msg_len < 12 + name.len() + 4 || &msg[12..12 + name.len()] != name {
+            return false;
+        }
+        for i in 0..ttls {
+            let o = u16::from_le_bytes([blob[off_pos + 2 * i], blob[off_pos + 2 * i + 1]]) as usize;
+            if o < 12 || o + 4 > msg_len {
+                return false;
+            }
+        }
+        off_pos += 2 * ttls;
+        msg_pos += msg_len;
+    }
+    true
 }

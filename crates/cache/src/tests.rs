@@ -347,3 +347,74 @@ fn byte_count_returns_to_baseline_after_removal() {
     c.remove(&k2);
     assert!(c.bytes() < 4096);
 }
+
+/// A message whose question is `name` (as answers from the wire layer have), with TTL fields.
+fn answer_for(name: &[u8], records: usize, ttl: u32) -> CacheableAnswer {
+    let mut message = vec![0u8; 12];
+    message.extend_from_slice(name);
+    message.extend_from_slice(&[0, 1, 0, 1]);
+    let mut ttl_offsets = Vec::new();
+    for _ in 0..records {
+        message.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        ttl_offsets.push(message.len() as u16);
+        message.extend_from_slice(&[0; 4]);
+        message.extend_from_slice(&[0, 4, 10, 0, 0, 1]);
+    }
+    CacheableAnswer { message, ttl_offsets, disposition: Disposition::Positive { ttl: Ttl::from_secs(ttl) } }
+}
+
+#[test]
+fn a_warm_cache_moves_to_a_successor_with_its_expiry_and_pairing() {
+    let old = cache();
+    let t0 = Timestamp::from_secs(100);
+    let (pk, _) = key(TYPE_A);
+    old.insert_pair(&pk, &answer_for(NAME, 1, 60), &answer_for(NAME, 2, 60), &policy(), t0).unwrap();
+    let (sk, _) = key(16);
+    old.insert(&sk, &answer_for(NAME, 1, 300), &policy(), t0).unwrap();
+    let mut records = Vec::new();
+    let n = old.export(t0.add_secs(10), |r| {
+        records.push(r.to_vec());
+        true
+    });
+    assert_eq!(n, 2);
+    // The successor's clock has another epoch.
+    let new = cache();
+    let t1 = Timestamp::from_secs(5);
+    for r in &records {
+        new.import(r, t1).unwrap();
+    }
+    assert_eq!(new.entries(), 2);
+    let (ttl_a, _, _) = served(&new, TYPE_A, t1).unwrap();
+    let (ttl_q, _, fields) = served(&new, TYPE_AAAA, t1).unwrap();
+    assert_eq!((ttl_a, ttl_q), (50, 50), "the remaining lifetime carries over, shared by the pair");
+    assert_eq!(fields.len(), 2);
+    assert_eq!(served(&new, 16, t1).unwrap().0, 290);
+}
+
+#[test]
+fn damaged_records_are_rejected_and_never_panic() {
+    let old = cache();
+    let t0 = Timestamp::from_secs(100);
+    let (pk, _) = key(TYPE_A);
+    old.insert_pair(&pk, &answer_for(NAME, 1, 60), &answer_for(NAME, 1, 60), &policy(), t0).unwrap();
+    let mut record = Vec::new();
+    old.export(t0, |r| {
+        record = r.to_vec();
+        true
+    });
+    let new = cache();
+    for cut in 0..record.len() {
+        assert!(new.import(&record[..cut], t0).is_err(), "truncated at {cut}");
+    }
+    for i in 0..record.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut r = record.clone();
+            r[i] ^= bit;
+            let _ = new.import(&r, t0);
+        }
+    }
+    // Whatever was accepted renders within its own bounds.
+    for qtype in [TYPE_A, TYPE_AAAA] {
+        let _ = served(&new, qtype, t0);
+    }
+}

@@ -86,9 +86,24 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     let handed_over = Arc::new(AtomicBool::new(false));
     let received = match &config.server.handover_socket {
         Some(path) => match crate::handover::receive(path) {
-            Ok(fds) => {
-                info!(sockets = fds.len(), "received DNS sockets from the running nodedns");
-                fds
+            Ok(r) => {
+                info!(sockets = r.sockets.len(), "received DNS sockets from the running nodedns");
+                // The predecessor's cache follows on the same stream; load it in the background
+                // while this process already serves.
+                let engine = engine.clone();
+                let stream = r.cache;
+                std::thread::Builder::new()
+                    .name("nodedns-cache-import".into())
+                    .spawn(move || {
+                        let now = engine.now();
+                        let mut imported = 0usize;
+                        let read = crate::handover::read_cache(stream, Duration::from_secs(30), |rec| {
+                            imported += engine.cache.import(rec, now).is_ok() as usize;
+                        });
+                        info!(records = read, imported, "warm cache received from the predecessor");
+                    })
+                    .map_err(RunError::Runtime)?;
+                r.sockets
             }
             Err(crate::handover::HandoverError::NoPredecessor(_)) => Vec::new(),
             Err(e) => {
@@ -102,7 +117,22 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     let listeners = Listeners::adopt_or_bind(&config.listen, workers, received).map_err(RunError::Bind)?;
     if let Some(path) = &config.server.handover_socket {
         let dups = listeners.duplicates().map_err(RunError::Bind)?;
-        crate::handover::serve(path, dups, handed_over.clone()).map_err(RunError::Bind)?;
+        let source = engine.clone();
+        let export: crate::handover::CacheExport = Box::new(move |w| {
+            let mut failed = None;
+            let n = source.cache.export(source.now(), |rec| {
+                let r = w.write_all(&(rec.len() as u32).to_le_bytes()).and_then(|_| w.write_all(rec));
+                match r {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            });
+            failed.map_or(Ok(n), Err)
+        });
+        crate::handover::serve(path, dups, handed_over.clone(), export).map_err(RunError::Bind)?;
     }
     let own_udp_inodes: Vec<u64> = listeners.udp.iter().filter_map(|(_, s)| socket_inode(s)).collect();
     let mut admin_listeners = Vec::new();

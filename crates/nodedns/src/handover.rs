@@ -38,8 +38,43 @@ pub enum HandoverError {
     Sys { path: PathBuf, source: nix::Error },
 }
 
+/// Writes the cache to a successor: framed records (u32 LE length, record), then a zero length.
+pub type CacheExport = Box<dyn Fn(&mut dyn Write) -> std::io::Result<usize> + Send>;
+
+/// What a predecessor handed over: its sockets, and the stream its cache records follow on.
+pub struct Received {
+    pub sockets: Vec<OwnedFd>,
+    pub cache: UnixStream,
+}
+
+/// Reads framed cache records from a predecessor until the end marker, EOF or `deadline`,
+/// calling `import` for each. Returns how many records were read.
+pub fn read_cache(mut stream: UnixStream, deadline: Duration, mut import: impl FnMut(&[u8])) -> usize {
+    let _ = stream.set_read_timeout(Some(deadline));
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    let mut buf = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).is_err() || started.elapsed() > deadline {
+            return n;
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        // An entry is at most two 64 KiB messages plus its header: anything larger is garbage.
+        if len == 0 || len > 256 * 1024 {
+            return n;
+        }
+        buf.resize(len, 0);
+        if stream.read_exact(&mut buf).is_err() {
+            return n;
+        }
+        import(&buf);
+        n += 1;
+    }
+}
+
 /// Asks the process serving at `path` for its DNS sockets.
-pub fn receive(path: &Path) -> Result<Vec<OwnedFd>, HandoverError> {
+pub fn receive(path: &Path) -> Result<Received, HandoverError> {
     let io = |source| HandoverError::Io { path: path.into(), source };
     let mut stream = match UnixStream::connect(path) {
         Ok(s) => s,
@@ -63,12 +98,17 @@ pub fn receive(path: &Path) -> Result<Vec<OwnedFd>, HandoverError> {
             fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
-    Ok(fds)
+    Ok(Received { sockets: fds, cache: stream })
 }
 
 /// Serves handover requests on `path` with duplicates of `sockets`, on a background thread.
 /// `handed_over` is set once a successor has received them.
-pub fn serve(path: &Path, sockets: Vec<OwnedFd>, handed_over: Arc<AtomicBool>) -> std::io::Result<()> {
+pub fn serve(
+    path: &Path,
+    sockets: Vec<OwnedFd>,
+    handed_over: Arc<AtomicBool>,
+    export: CacheExport,
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -101,6 +141,16 @@ pub fn serve(path: &Path, sockets: Vec<OwnedFd>, handed_over: Arc<AtomicBool>) -
                 Ok(_) => {
                     handed_over.store(true, Relaxed);
                     info!(sockets = raw.len(), "DNS sockets handed over to a new nodedns process");
+                    // Then the warm cache, so the successor does not start cold.
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+                    let mut out = std::io::BufWriter::new(&conn);
+                    match export(&mut out).and_then(|n| out.write_all(&0u32.to_le_bytes()).map(|_| n)) {
+                        Ok(n) => {
+                            let _ = out.flush();
+                            info!(entries = n, "cache handed over");
+                        }
+                        Err(e) => warn!(error = %e, "cache handover cut short"),
+                    }
                 }
                 Err(e) => warn!(error = %e, "socket handover failed"),
             }

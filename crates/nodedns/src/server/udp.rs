@@ -121,17 +121,19 @@ pub fn run_worker(
                 }
             }
         }
-        if let Err(e) = io.flush() {
-            warn!(error = %e, "UDP send failed");
-        }
+        // Counted before the answers leave, so a client that reads the metrics right after its
+        // answer sees its hit. One clock read per batch: each answer's in-server time is at most
+        // the batch's.
         if hits.iter().any(|&h| h > 0) {
-            // One clock read per batch: each answer's in-server time is at most the batch's.
             let secs = started.elapsed().as_secs_f64();
             for (qtype, count) in [1u16, 28, 0].into_iter().zip(hits) {
                 for _ in 0..count {
                     engine.metrics.answered(CacheResult::Hit, qtype, secs);
                 }
             }
+        }
+        if let Err(e) = io.flush() {
+            warn!(error = %e, "UDP send failed");
         }
     }
 }
