@@ -264,7 +264,7 @@ const MAX_INFLIGHT: u64 = 10000;
 /// Documented overhead on top of `cache.max_bytes`: a fixed base (runtime, worker buffers,
 /// allocator) plus a bound per in-flight upstream query (task, fetch, buffers); see the
 /// README's resource section.
-const FIXED_OVERHEAD: u64 = (24 << 20) + MAX_INFLIGHT * 8 * 1024;
+const FIXED_OVERHEAD: u64 = (24 << 20) + MAX_INFLIGHT * 12 * 1024;
 
 #[test]
 fn a_flood_of_unique_names_stays_within_the_memory_budget() {
