@@ -30,10 +30,20 @@ const SPLIT: u8 = 4;
 /// Prefetch only entries asked for at least this often since they were stored.
 const PREFETCH_MIN_HITS: u32 = 2;
 
-/// What the allocator really hands out for a blob: glibc malloc rounds to 16 bytes and adds an
-/// 8-byte header.
-fn allocated(len: usize) -> usize {
-    (len + 8).div_ceil(16) * 16
+/// What the allocator really hands out for a blob, so `max_bytes` bounds real memory: the larger
+/// of glibc malloc's (an 8-byte header, rounded to 16 bytes) and mimalloc's, which the nodedns
+/// binary uses (size classes of 16 bytes up to 64, then four per power of two).
+pub(crate) fn allocated(len: usize) -> usize {
+    let glibc = (len + 8).div_ceil(16) * 16;
+    let words = len.div_ceil(8).max(1);
+    let mimalloc = if words <= 8 {
+        words.next_multiple_of(2) * 8
+    } else {
+        let w = words - 1;
+        let shift = (usize::BITS - 1 - w.leading_zeros()) - 2;
+        ((w >> shift) + 1) << shift << 3
+    };
+    glibc.max(mimalloc)
 }
 
 /// One cached entry: the key's name and one or two answers, in a single allocation.

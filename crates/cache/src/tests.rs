@@ -418,3 +418,18 @@ fn damaged_records_are_rejected_and_never_panic() {
         let _ = served(&new, qtype, t0);
     }
 }
+
+#[test]
+fn allocation_estimate_covers_glibc_and_mimalloc_size_classes() {
+    use crate::store::allocated;
+    // (requested, glibc's chunk, mimalloc's size class)
+    for (len, glibc, mimalloc) in
+        [(1, 16, 8), (24, 32, 32), (64, 80, 64), (72, 80, 80), (129, 144, 160), (300, 320, 320), (1025, 1040, 1280)]
+    {
+        assert_eq!(allocated(len), glibc.max(mimalloc), "{len} bytes");
+    }
+    // Never less than asked for, whatever the size.
+    for len in 1..70_000 {
+        assert!(allocated(len) >= len);
+    }
+}

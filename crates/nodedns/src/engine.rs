@@ -56,13 +56,16 @@ pub struct Fetched {
 }
 
 impl Fetched {
-    fn new(a: &CacheableAnswer, policy: &TtlPolicy) -> Self {
-        Self::with_ttl(a, a.disposition.lifetime(policy).secs(), false)
+    fn new(a: CacheableAnswer, policy: &TtlPolicy) -> Self {
+        let ttl = a.disposition.lifetime(policy).secs();
+        Self::with_ttl(a, ttl, false)
     }
 
-    /// With the TTL of the entry it belongs to (a pair's one TTL).
-    fn with_ttl(a: &CacheableAnswer, ttl: u32, split: bool) -> Self {
-        Self { message: a.message.clone(), offsets_le: a.ttl_offsets_le(), ttl, split }
+    /// With the TTL of the entry it belongs to (a pair's one TTL). Takes the answer: the cache
+    /// holds its own copy, and the waiters render from this one without another.
+    fn with_ttl(a: CacheableAnswer, ttl: u32, split: bool) -> Self {
+        let offsets_le = a.ttl_offsets_le();
+        Self { message: a.message, offsets_le, ttl, split }
     }
 
     pub fn view(&self) -> AnswerView<'_> {
@@ -238,12 +241,18 @@ impl Engine {
     }
 
     /// The hit path: renders a fresh cached answer into `out`. Returns the length and whether a
-    /// prefetch is due, or `None` on a miss or stale entry (the miss path decides).
+    /// prefetch is due, or `None` on a miss or stale entry (the miss path decides). `now` comes
+    /// from the caller: a UDP worker reads the clock once per `recvmmsg` batch.
     #[inline]
-    pub fn answer_from_cache(&self, query: &Query<'_>, transport: Transport, out: &mut [u8]) -> Option<(usize, bool)> {
+    pub fn answer_from_cache(
+        &self,
+        query: &Query<'_>,
+        transport: Transport,
+        out: &mut [u8],
+        now: Timestamp,
+    ) -> Option<(usize, bool)> {
         let mut name_buf = [0u8; MAX_NAME_LEN];
         let (key, member) = query.cache_key(&mut name_buf);
-        let now = self.now();
         self.cache
             .lookup(&key, member, now, |view| match view.freshness {
                 Freshness::Fresh { refresh_due } => {
@@ -340,7 +349,7 @@ impl Engine {
                 None => self.render_decision(query, Decision::StaleOrServFail, transport, out),
             },
             Decision::Synthesized(answer, policy) => {
-                render_cached(query, &Fetched::new(&answer, &policy).view(), transport, out).map(miss)
+                render_cached(query, &Fetched::new(*answer, &policy).view(), transport, out).map(miss)
             }
             Decision::Cached | Decision::StaleOrServFail => {
                 let now = self.now();
@@ -481,7 +490,7 @@ impl Engine {
                     let _ = self.cache.insert(&key, &r.answer, &policy, self.now());
                     // After the insert: readiness must not announce an answer not yet cached.
                     self.upstream_answered.store(true, Relaxed);
-                    FetchResult::Single(Arc::new(Fetched::new(&r.answer, &policy)))
+                    FetchResult::Single(Arc::new(Fetched::new(r.answer, &policy)))
                 }
                 Err(e) => FetchResult::Failed(e),
             },
@@ -527,8 +536,8 @@ impl Engine {
                         }
                     };
                     return FetchResult::Pair {
-                        a: Arc::new(Fetched::with_ttl(&a.answer, ttl, split)),
-                        aaaa: Arc::new(Fetched::with_ttl(&aaaa.answer, ttl, split)),
+                        a: Arc::new(Fetched::with_ttl(a.answer, ttl, split)),
+                        aaaa: Arc::new(Fetched::with_ttl(aaaa.answer, ttl, split)),
                     };
                 }
             }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
@@ -21,6 +21,9 @@ use nodedns_wire::{UpstreamQuestion, answers_question, build_query};
 
 use crate::OwnedQuestion;
 use crate::endpoint::{Endpoint, ErrorKind};
+
+/// Read buffer of one upstream connection.
+const READ_BUFFER: usize = 32 * 1024;
 
 struct Pending {
     question: OwnedQuestion,
@@ -97,12 +100,7 @@ impl TcpConn {
             pending.insert(id, Pending { question: OwnedQuestion::from(q), reply: tx });
             id
         };
-        let mut frame = Vec::with_capacity(2 + 64 + q.name.as_wire().len());
-        frame.extend_from_slice(&[0, 0]);
-        let mut body = Vec::new();
-        build_query(id, q, &mut body);
-        frame[0..2].copy_from_slice(&(body.len() as u16).to_be_bytes());
-        frame.extend_from_slice(&body);
+        let frame = tcp_frame(id, q);
         let deadline = Instant::now() + timeout;
         let sent = tokio::time::timeout_at(deadline, self.frames.send(frame)).await;
         let result = match sent {
@@ -119,6 +117,15 @@ impl TcpConn {
         }
         result
     }
+}
+
+/// The query as one length-prefixed TCP frame, in a single allocation.
+fn tcp_frame(id: u16, q: &UpstreamQuestion<'_>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + 32 + q.name.as_wire().len());
+    build_query(id, q, &mut body);
+    let len = (body.len() as u16).to_be_bytes();
+    body.splice(0..0, len);
+    body
 }
 
 async fn write_loop(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, conn: Arc<TcpConn>) {
@@ -149,7 +156,10 @@ async fn write_loop(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, conn
     conn.close();
 }
 
-async fn read_loop(mut read: OwnedReadHalf, conn: Arc<TcpConn>, endpoint: Arc<Endpoint>) {
+async fn read_loop(read: OwnedReadHalf, conn: Arc<TcpConn>, endpoint: Arc<Endpoint>) {
+    // Responses to pipelined queries arrive back to back: one read takes many of them, instead
+    // of two reads (length, then body) per response.
+    let mut read = BufReader::with_capacity(READ_BUFFER, read);
     let mut len_buf = [0u8; 2];
     loop {
         if read.read_exact(&mut len_buf).await.is_err() {

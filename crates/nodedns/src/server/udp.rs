@@ -102,6 +102,9 @@ pub fn run_worker(
             }
         };
         let started = Instant::now();
+        // One clock read for the batch: entries expire on whole milliseconds, and a batch takes
+        // microseconds.
+        let now = engine.now();
         // Cache hits of this batch by qtype, for the duration histogram (A, AAAA, other).
         let mut hits = [0usize; 3];
         for i in 0..n {
@@ -109,7 +112,7 @@ pub fn run_worker(
                 break;
             };
             if let Some(reply) =
-                handle_datagram(&engine, &socket, &misses, rx.data, rx.truncated, || rx.peer(), max_udp, out)
+                handle_datagram(&engine, &socket, &misses, rx.data, rx.truncated, || rx.peer(), max_udp, out, now)
             {
                 io.queue_reply(i, reply.len);
                 if let Some(qtype) = reply.cache_hit_qtype {
@@ -157,6 +160,7 @@ fn handle_datagram(
     peer: impl FnOnce() -> Option<SocketAddr>,
     max_udp: u16,
     out: &mut [u8; SEND_LEN],
+    now: nodedns_cache::Timestamp,
 ) -> Option<Reply> {
     if truncated {
         // Larger than any query we accept: not worth an answer.
@@ -195,7 +199,7 @@ fn handle_datagram(
         engine.metrics.response("NOERROR");
         return Some(Reply { len, cache_hit_qtype: None });
     }
-    if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out) {
+    if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out, now) {
         engine.metrics.response(response_rcode_label(&out[..len]));
         let client = if refresh_due || engine.query_log_on() { peer() } else { None };
         if engine.query_log_on() {
@@ -234,21 +238,19 @@ pub async fn run_miss_dispatcher(engine: Arc<Engine>, mut jobs: mpsc::Receiver<M
                 engine.prefetch(&job.packet);
                 return;
             }
-            let max_udp = engine.max_udp_payload;
-            let max_len = match parse_query(&job.packet) {
-                Parsed::Query(q) => q.max_udp_response(max_udp),
-                _ => 512,
-            };
-            let qtype = match parse_query(&job.packet) {
-                Parsed::Query(q) => q.qtype,
-                _ => 0,
+            let (max_len, qtype) = match parse_query(&job.packet) {
+                Parsed::Query(q) => (q.max_udp_response(engine.max_udp_payload), q.qtype),
+                // The worker parsed it already; this cannot happen, but must not panic.
+                _ => return,
             };
             let Some(answer) = engine.answer_miss(&job.packet, Transport::Udp { max_len }).await else {
                 return;
             };
             engine.metrics.response(response_rcode_label(&answer.bytes));
             engine.metrics.answered(answer.result, qtype, job.received.elapsed().as_secs_f64());
-            if let Parsed::Query(q) = parse_query(&job.packet) {
+            if engine.query_log_on()
+                && let Parsed::Query(q) = parse_query(&job.packet)
+            {
                 let result = answer.result.label();
                 engine.sample_query_log(Some(job.peer), "udp", &q, &answer.bytes, result, job.received.elapsed());
             }
