@@ -129,7 +129,9 @@ async fn write_frame(writer: &tokio::sync::Mutex<OwnedWriteHalf>, frame: &[u8], 
     matches!(tokio::time::timeout(timeout, w.write_all(frame)).await, Ok(Ok(())))
 }
 
-async fn read_frame(read: &mut OwnedReadHalf, buf: &mut [u8], timeout: Duration) -> Result<usize, &'static str> {
+/// Reads one frame into `buf`, sized to the frame: an idle connection holds no buffer at all, and
+/// one that sent a large frame gives the memory back after it (see [`release_if_large`]).
+async fn read_frame(read: &mut OwnedReadHalf, buf: &mut Vec<u8>, timeout: Duration) -> Result<usize, &'static str> {
     let mut len = [0u8; 2];
     match tokio::time::timeout(timeout, read.read_exact(&mut len)).await {
         Ok(Ok(_)) => {}
@@ -137,6 +139,8 @@ async fn read_frame(read: &mut OwnedReadHalf, buf: &mut [u8], timeout: Duration)
         Err(_) => return Err("idle"),
     }
     let len = frame_len(len, Peer::Client).map_err(|e| e.label())?;
+    buf.clear();
+    buf.resize(len, 0);
     // The body must follow within the idle timeout too: a frame that announces more than the
     // client sends (or sends one byte a minute) is closed, not waited on (slowloris).
     match tokio::time::timeout(timeout, read.read_exact(&mut buf[..len])).await {
@@ -144,6 +148,35 @@ async fn read_frame(read: &mut OwnedReadHalf, buf: &mut [u8], timeout: Duration)
         Ok(Err(_)) => Err("short_frame"),
         Err(_) => Err("slow_frame"),
     }
+}
+
+/// Per-connection buffers keep at most this much between frames: thousands of open connections
+/// must cost kilobytes each, not a 64 KiB message buffer each (whatever the allocator touches).
+const KEPT_BUFFER: usize = 4096;
+
+fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEPT_BUFFER {
+        *buf = Vec::new();
+    }
+}
+
+thread_local! {
+    /// Render scratch for answers made on the connection's task (hits, rejections): rendering is
+    /// synchronous, so one full-size buffer per runtime thread serves every connection.
+    static RENDER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_MESSAGE]);
+}
+
+/// Renders with `render` into the thread's scratch and copies the result, length-prefixed, into
+/// `frame` (which keeps its capacity: no allocation per answer once a connection has answered).
+fn render_frame(frame: &mut Vec<u8>, render: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<usize> {
+    RENDER.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let len = render(&mut scratch[..])?;
+        frame.clear();
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+        frame.extend_from_slice(&scratch[..len]);
+        Some(len)
+    })
 }
 
 async fn serve_connection(
@@ -156,9 +189,11 @@ async fn serve_connection(
     let (mut read, write) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(write));
     let pipeline = Arc::new(Semaphore::new(limits.max_pipelined_per_connection));
-    let mut inbuf = vec![0u8; MAX_MESSAGE];
-    let mut outbuf = vec![0u8; MAX_MESSAGE + 2];
+    let mut inbuf = Vec::new();
+    let mut outbuf = Vec::new();
     loop {
+        release_if_large(&mut inbuf);
+        release_if_large(&mut outbuf);
         let n = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
@@ -184,10 +219,9 @@ async fn serve_connection(
             }
             Parsed::Reject(r) => {
                 engine.metrics.malformed(r.reason.label());
-                if let Some(len) = render_rejection(&r, &mut outbuf[2..]) {
-                    engine.metrics.response(response_rcode_label(&outbuf[2..2 + len]));
-                    outbuf[..2].copy_from_slice(&(len as u16).to_be_bytes());
-                    if !write_frame(&writer, &outbuf[..len + 2], limits.tcp_idle_timeout).await {
+                if render_frame(&mut outbuf, |out| render_rejection(&r, out)).is_some() {
+                    engine.metrics.response(response_rcode_label(&outbuf[2..]));
+                    if !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
                         break;
                     }
                 }
@@ -201,19 +235,21 @@ async fn serve_connection(
         engine.metrics.request(Proto::Tcp, query.qtype);
         let local = if over_limit {
             engine.metrics.shed(ShedReason::RateLimit);
-            render_rcode(&query, Rcode::Refused, &mut outbuf[2..]).map(|l| (l, false))
+            render_frame(&mut outbuf, |out| render_rcode(&query, Rcode::Refused, out)).map(|_| false)
         } else if query.qtype == nodedns_wire::query::TYPE_ANY {
-            render_any_hinfo(&query, &mut outbuf[2..]).map(|l| (l, false))
+            render_frame(&mut outbuf, |out| render_any_hinfo(&query, out)).map(|_| false)
         } else {
-            engine.answer_from_cache(&query, Transport::Tcp, &mut outbuf[2..]).map(|(l, _)| (l, true))
+            render_frame(&mut outbuf, |out| {
+                engine.answer_from_cache(&query, Transport::Tcp, out, engine.now()).map(|(l, _)| l)
+            })
+            .map(|_| true)
         };
-        if let Some((len, hit)) = local {
-            engine.metrics.response(response_rcode_label(&outbuf[2..2 + len]));
+        if let Some(hit) = local {
+            engine.metrics.response(response_rcode_label(&outbuf[2..]));
             if hit {
                 engine.metrics.answered(CacheResult::Hit, query.qtype, received.elapsed().as_secs_f64());
             }
-            outbuf[..2].copy_from_slice(&(len as u16).to_be_bytes());
-            if !write_frame(&writer, &outbuf[..len + 2], limits.tcp_idle_timeout).await {
+            if !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
                 break;
             }
             continue;
