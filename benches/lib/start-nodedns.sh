@@ -10,6 +10,8 @@
 #   NODEDNS_CACHE_BYTES          cache.max_bytes (default 256 MiB; the memory run raises it)
 #   NODEDNS_TRANSPORT            upstream transport (default tcp: the product default for the
 #                                cluster zone: persistent pipelined connections)
+#   NODEDNS_LOG_LEVEL            log.level (default warn; the start-to-ready runs read the info
+#                                line "an upstream answered: ready")
 set -euo pipefail
 : "${DNSBENCH_IP:?}" "${DNSBENCH_PORT:?}" "${DNSBENCH_UPSTREAM:?}" "${DNSBENCH_WORKDIR:?}" "${NODEDNS_BIN:?}"
 transport=${NODEDNS_TRANSPORT:-tcp}
@@ -32,6 +34,6 @@ zones:
 admin:
   listen: "$DNSBENCH_IP:9253"
 log:
-  level: warn
+  level: ${NODEDNS_LOG_LEVEL:-warn}
 YAML
 exec "$NODEDNS_BIN" run --config "$conf"

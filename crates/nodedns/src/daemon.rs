@@ -31,6 +31,8 @@ pub enum RunError {
 /// Options from the command line.
 pub struct RunOptions {
     pub config_path: Option<PathBuf>,
+    /// When the process started (before the config was read): start-to-ready is logged from it.
+    pub started: Instant,
 }
 
 /// UDP workers: as configured, else one per CPU this process may run on.
@@ -64,7 +66,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), RunError> {
 }
 
 async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(), RunError> {
-    let started = Instant::now();
+    let started = opts.started;
     let metrics = Metrics::new(config.admin.coredns_compatible_metrics);
     // The kube-dns ConfigMap's zones are merged in before serving; `config` stays the file's.
     let (serving, kube_dns) = crate::reload::start(&config, &metrics);
@@ -207,7 +209,7 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     for zone in engine.zones().iter().filter(|z| z.config.discover.is_some()) {
         tokio::spawn(crate::discover::run(engine.clone(), zone.config.name.clone(), stop_rx.clone()));
     }
-    tokio::spawn(probe_until_answered(engine.clone(), stop_rx.clone()));
+    tokio::spawn(probe_until_answered(engine.clone(), stop_rx.clone(), started));
     tokio::spawn(engine.clone().probe_ejected_loop(stop_rx.clone()));
     if let (Some(setup), Some(n)) = (&node, &config.node) {
         crate::node_setup::spawn_resync(setup.clone(), n.resync_interval, metrics.clone(), stop_rx.clone())
@@ -292,13 +294,14 @@ async fn wait_for_shutdown() {
 
 /// Asks each zone's upstreams for the zone's SOA until one answers: readiness needs a live
 /// upstream, and the query opens the persistent connections before clients arrive.
-async fn probe_until_answered(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+async fn probe_until_answered(engine: Arc<Engine>, mut stop: watch::Receiver<bool>, started: Instant) {
     let mut delay = Duration::from_millis(250);
     loop {
         for zone in engine.zones().iter() {
             zone.pool.warm().await;
         }
         if engine.probe_zones().await {
+            info!(since_start_ms = started.elapsed().as_millis() as u64, "an upstream answered: ready");
             return;
         }
         tokio::select! {
