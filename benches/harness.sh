@@ -361,6 +361,15 @@ measure() {
         perf_pid=$!
         sleep 0.5
     fi
+    # SYSCALLS=SERVER:WORKLOAD counts that server's syscalls and context switches during its
+    # measured runs (perf stat) into $PROFILE_DIR/syscalls.SERVER.WORKLOAD.ROUND.txt.
+    if [[ ${SYSCALLS:-} == "$name:$wl" ]]; then
+        local ev=sched:sched_switch
+        for sc in recvmmsg sendmmsg sendto recvfrom read write writev epoll_wait futex; do ev+=",syscalls:sys_enter_$sc"; done
+        perf stat -e "$ev" -p "${PID[$name]}" -o "${PROFILE_DIR:-/tmp}/syscalls.$name.${wl//@/_}.$round.txt" >/dev/null 2>&1 &
+        perf_pid=$!
+        sleep 0.5
+    fi
     s0=$(cpu_ns "${PID[$name]}"); t0=$(date +%s%N)
     taskset -c "$LOAD_CPU" dnsperf -s "$ip" -d "$file" "${args[@]}" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 -v >"$out" 2>&1
     t1=$(date +%s%N); s1=$(cpu_ns "${PID[$name]}")

@@ -142,6 +142,11 @@ async fn write_loop(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, conn
         if out.write_all(&frame).await.is_err() {
             break;
         }
+        // Let the queries that are ready to run enqueue their frames before this one leaves:
+        // woken by the first frame, this task would otherwise run right after its sender and
+        // send one or two frames per syscall (measured: 2 frames per send at 12k misses/s). A
+        // loopback TCP send costs several microseconds, about as much as the rest of a miss.
+        tokio::task::yield_now().await;
         // Coalesce whatever else is queued into the same segment(s), then flush.
         while let Ok(frame) = rx.try_recv() {
             if out.write_all(&frame).await.is_err() {
