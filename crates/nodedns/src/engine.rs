@@ -200,7 +200,13 @@ impl Engine {
     /// Now, for the cache.
     #[inline]
     pub fn now(&self) -> Timestamp {
-        Timestamp::from_millis(self.epoch.elapsed().as_millis() as u64)
+        self.timestamp(std::time::Instant::now())
+    }
+
+    /// `at` as a cache timestamp, for callers that already read the clock.
+    #[inline]
+    pub fn timestamp(&self, at: std::time::Instant) -> Timestamp {
+        Timestamp::from_millis(at.saturating_duration_since(self.epoch).as_millis() as u64)
     }
 
     pub fn zones(&self) -> Arc<Vec<Arc<Zone>>> {
