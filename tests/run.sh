@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(knot bind9-dnsutils iproute2 iptables nftables conntrack procps libc-bin python3-venv curl util-linux unbound)
+# gcc/g++: mimalloc (the binary's allocator) and libFuzzer (tests/fuzz.sh) are built from C/C++.
+packages=(knot bind9-dnsutils iproute2 iptables nftables conntrack procps libc-bin python3 python3-venv curl util-linux
+  unbound gcc g++)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
