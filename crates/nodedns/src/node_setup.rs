@@ -200,7 +200,9 @@ mod tests {
 
     #[test]
     fn sees_a_bound_socket() {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // An address of 127/8 no other test binds: after `drop`, a parallel test's ephemeral
+        // socket on 127.0.0.1 could take the same port and look like "another instance".
+        let s = std::net::UdpSocket::bind("127.77.13.1:0").unwrap();
         let a = s.local_addr().unwrap();
         assert!(other_instance_serving(&[a], &[]));
         use std::os::fd::AsRawFd;
