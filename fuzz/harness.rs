@@ -24,8 +24,9 @@ use nodedns_cache::{
 use nodedns_wire::framing::{FrameSplitter, Peer, Split};
 use nodedns_wire::query::HEADER_LEN;
 use nodedns_wire::{
-    Ingested, MAX_MESSAGE, Parsed, Query, Rejection, Transport, UpstreamQuestion, answers_question, ingest,
-    parse_query, render_any_hinfo, render_cached, render_rcode, render_rejection, render_truncated,
+    IngestError, Ingested, MAX_MESSAGE, Parsed, Query, Rejection, Transport, UpstreamQuestion, answers_question,
+    ingest, ingest_decoded, parse_query, render_any_hinfo, render_cached, render_rcode, render_rejection,
+    render_truncated,
 };
 
 /// The server's UDP payload cap (`limits.max_udp_payload_bytes` default).
@@ -211,6 +212,7 @@ pub fn upstream_response(data: &[u8]) {
     let q = UpstreamQuestion { name, qtype, qclass, dnssec_ok, checking_disabled: false };
     let matches = answers_question(data, &q);
     let result = ingest(data, &q, &bailiwick);
+    same_outcome(&result, &ingest_decoded(data, &q, &bailiwick), &q);
     if !matches {
         assert!(result.is_err(), "a response that does not answer the question is never ingested");
         return;
@@ -263,6 +265,51 @@ pub fn upstream_response(data: &[u8]) {
             Transport::Tcp => MAX_MESSAGE,
         };
         check_rendered(&out[..len], [client[0], client[1]], limit, "served upstream answer");
+    }
+}
+
+/// `ingest` (which takes simple answers by walking the wire) and `ingest_decoded` (a full
+/// hickory decode) must mean the same: same outcome, and for answers the same header, question,
+/// disposition and records, each with a TTL offset pointing at its TTL.
+fn same_outcome(fast: &Result<Ingested, IngestError>, full: &Result<Ingested, IngestError>, q: &UpstreamQuestion<'_>) {
+    match (fast, full) {
+        (Ok(Ingested::Answer(f)), Ok(Ingested::Answer(d))) => {
+            assert_eq!(f.disposition, d.disposition, "walker and decoder disagree on the disposition");
+            assert_eq!(f.message[..HEADER_LEN], d.message[..HEADER_LEN], "header");
+            let (fm, dm) =
+                (Message::from_vec(&f.message).expect("decodes"), Message::from_vec(&d.message).expect("decodes"));
+            let question = HEADER_LEN..HEADER_LEN + q.name.as_wire().len() + 4;
+            assert_eq!(f.message[question.clone()], d.message[question], "question bytes");
+            assert_eq!(fm.queries, dm.queries, "question");
+            let records = |m: &Message| -> Vec<(String, Record)> {
+                m.answers
+                    .iter()
+                    .chain(&m.authorities)
+                    .chain(&m.additionals)
+                    .map(|r| (r.name.to_lowercase().to_string(), r.clone()))
+                    .collect()
+            };
+            let (fr, dr) = (records(&fm), records(&dm));
+            assert_eq!(fr.len(), dr.len(), "record count");
+            for ((fname, frec), (dname, drec)) in fr.iter().zip(&dr) {
+                assert_eq!(fname, dname, "owner");
+                assert_eq!(
+                    (frec.record_type(), frec.dns_class, frec.ttl),
+                    (drec.record_type(), drec.dns_class, drec.ttl)
+                );
+                assert_eq!(frec.data, drec.data, "RDATA of {fname}");
+            }
+            for (a, recs) in [(f, &fr), (d, &dr)] {
+                assert_eq!(a.ttl_offsets.len(), recs.len(), "one TTL offset per record");
+                for (&off, (_, r)) in a.ttl_offsets.iter().zip(recs.iter()) {
+                    let at = off as usize;
+                    assert_eq!(a.message[at..at + 4], r.ttl.to_be_bytes(), "TTL offset {off}");
+                }
+            }
+        }
+        (Ok(Ingested::Truncated), Ok(Ingested::Truncated)) | (Err(_), Err(_)) => {}
+        (Ok(Ingested::Failure { rcode: a }), Ok(Ingested::Failure { rcode: b })) => assert_eq!(a, b),
+        (fast, full) => panic!("walker and decoder disagree: {fast:?} vs {full:?}"),
     }
 }
 

@@ -107,18 +107,45 @@ pub enum Ingested {
 /// denials, the SOA of an enclosing zone; glue only for SRV/MX targets inside `bailiwick`.
 /// Everything else (unrelated names in any section, NS records, OPT) is dropped, so a response
 /// cannot plant records for other names in the cache.
+///
+/// The common case (a plain A/AAAA answer, maybe behind CNAMEs) is taken by a wire walker
+/// without decoding; everything else by [`ingest_decoded`].
 pub fn ingest(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result<Ingested, IngestError> {
+    if let Some(early) = check_envelope(resp, q) {
+        return early;
+    }
+    match walk::simple_positive(resp, q) {
+        Some(answer) => Ok(Ingested::Answer(answer)),
+        None => decoded(resp, q, bailiwick),
+    }
+}
+
+/// [`ingest`] by a full hickory decode only: what the wire walker must agree with (the fuzz
+/// harness compares the two) and the baseline of the `ingest` microbenchmark.
+pub fn ingest_decoded(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result<Ingested, IngestError> {
+    match check_envelope(resp, q) {
+        Some(early) => early,
+        None => decoded(resp, q, bailiwick),
+    }
+}
+
+/// The checks before any record is read: the question, the record limit, TC.
+fn check_envelope(resp: &[u8], q: &UpstreamQuestion<'_>) -> Option<Result<Ingested, IngestError>> {
     if !answers_question(resp, q) {
-        return Err(IngestError::QuestionMismatch);
+        return Some(Err(IngestError::QuestionMismatch));
     }
     let counts = [6, 8, 10].map(|at| u16::from_be_bytes([resp[at], resp[at + 1]]) as usize);
     let total: usize = counts.iter().sum();
     if total > MAX_RECORDS {
-        return Err(IngestError::TooManyRecords(total));
+        return Some(Err(IngestError::TooManyRecords(total)));
     }
     if resp[2] & 0x02 != 0 {
-        return Ok(Ingested::Truncated);
+        return Some(Ok(Ingested::Truncated));
     }
+    None
+}
+
+fn decoded(resp: &[u8], q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result<Ingested, IngestError> {
     let msg = Message::from_vec(resp).map_err(|e| IngestError::Malformed(e.to_string()))?;
     let rcode = msg.metadata.response_code;
     let nxdomain = match rcode {
@@ -298,6 +325,8 @@ pub fn encode_answer(
     }
     Ok((buf, offsets))
 }
+
+mod walk;
 
 #[cfg(test)]
 mod tests;

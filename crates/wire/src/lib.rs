@@ -16,7 +16,8 @@ pub mod query;
 pub mod render;
 
 pub use ingest::{
-    IngestError, Ingested, UpstreamQuestion, answers_question, build_query, ingest, name_from_wire, response_id,
+    IngestError, Ingested, UpstreamQuestion, answers_question, build_query, ingest, ingest_decoded, name_from_wire,
+    response_id,
 };
 pub use query::{Edns, Malformed, Parsed, Query, RejectedQuery, Rejection, parse_query};
 pub use render::{

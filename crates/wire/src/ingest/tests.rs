@@ -258,3 +258,132 @@ fn garbage_never_panics() {
         let _ = ingest(&b, &q, &Name::root());
     }
 }
+
+// The wire walker (walk.rs): which responses it takes, and that what it takes means exactly
+// what the full decode makes of it.
+
+/// The walker's answer for `bytes`, after checking the full decode agrees on it.
+fn walked(bytes: &[u8], q: &UpstreamQuestion<'_>) -> Option<CacheableAnswer> {
+    let fast = walk::simple_positive(bytes, q)?;
+    let Ok(Ingested::Answer(full)) = ingest_decoded(bytes, q, &name("cluster.local.")) else {
+        panic!("the walker took a response the decoder refuses");
+    };
+    assert_eq!(fast.disposition, full.disposition);
+    assert_eq!(fast.message[..HEADER_LEN], full.message[..HEADER_LEN]);
+    let (f, d) = (Message::from_vec(&fast.message).unwrap(), Message::from_vec(&full.message).unwrap());
+    assert_eq!(f.answers, d.answers);
+    assert!(f.authorities.is_empty() && f.additionals.is_empty() && f.edns.is_none());
+    for (off, r) in fast.ttl_offsets.iter().zip(&f.answers) {
+        assert_eq!(fast.message[*off as usize..*off as usize + 4], r.ttl.to_be_bytes());
+    }
+    Some(fast)
+}
+
+fn bytes_with_edns(m: &Message) -> Vec<u8> {
+    let mut m = m.clone();
+    m.edns = Some(hickory_proto::op::Edns::new());
+    m.to_vec().unwrap()
+}
+
+#[test]
+fn walker_takes_plain_and_cname_answers() {
+    let w = wire("www.ns.svc.cluster.local");
+    let q = question(&w, 1);
+    let mut r = response("WWW.ns.svc.cluster.local.", RecordType::A, ResponseCode::NoError);
+    r.add_answer(a("www.ns.svc.cluster.local.", 30, [10, 0, 0, 1]));
+    r.add_answer(a("www.ns.svc.cluster.local.", 20, [10, 0, 0, 2]));
+    for bytes in [r.to_vec().unwrap(), bytes_with_edns(&r)] {
+        let ans = walked(&bytes, &q).expect("a plain answer is walked");
+        assert_eq!(ans.disposition, Disposition::Positive { ttl: Ttl::from_secs(20) });
+        assert_eq!(&ans.message[12..12 + w.len()], &w[..], "question stored lower-cased");
+        assert_eq!(ans.ttl_offsets.len(), 2);
+    }
+
+    let mut r = response("www.ns.svc.cluster.local.", RecordType::AAAA, ResponseCode::NoError);
+    r.add_answer(Record::from_rdata(name("www.ns.svc.cluster.local."), 60, RData::CNAME(CNAME(name("b.x.")))));
+    r.add_answer(Record::from_rdata(name("b.x."), 50, RData::CNAME(CNAME(name("c.ns.svc.cluster.local.")))));
+    r.add_answer(Record::from_rdata(name("c.ns.svc.cluster.local."), 40, RData::AAAA(AAAA(Ipv6Addr::LOCALHOST))));
+    let ans = walked(&bytes_with_edns(&r), &question(&w, 28)).expect("a CNAME chain is walked");
+    assert_eq!(ans.disposition, Disposition::Positive { ttl: Ttl::from_secs(40) });
+    assert_eq!(ans.ttl_offsets.len(), 3);
+}
+
+#[test]
+fn walker_leaves_everything_else_to_the_decoder() {
+    let w = wire("a.example");
+    let q = question(&w, 1);
+    let plain = || {
+        let mut r = response("a.example.", RecordType::A, ResponseCode::NoError);
+        r.add_answer(a("a.example.", 30, [10, 0, 0, 1]));
+        r
+    };
+    let not_walked = |bytes: &[u8], q: &UpstreamQuestion<'_>, why: &str| {
+        assert!(walk::simple_positive(bytes, q).is_none(), "{why}: walked");
+    };
+    // Answers in the wrong order, an unrelated record, an authority record, a denial, DO, NODATA.
+    let mut r = response("a.example.", RecordType::A, ResponseCode::NoError);
+    r.add_answer(a("b.example.", 30, [10, 0, 0, 1]));
+    r.add_answer(Record::from_rdata(name("a.example."), 60, RData::CNAME(CNAME(name("b.example.")))));
+    not_walked(&r.to_vec().unwrap(), &q, "chain out of order");
+    let (ans, parsed) = answer(&r, &q);
+    assert_eq!(parsed.answers[0].record_type(), RecordType::CNAME, "the decoder orders the chain");
+    assert!(matches!(ans.disposition, Disposition::Positive { .. }));
+    let mut r = plain();
+    r.add_answer(a("evil.example.", 30, [6, 6, 6, 6]));
+    not_walked(&r.to_vec().unwrap(), &q, "unrelated record");
+    let mut r = plain();
+    r.add_authority(soa("example.", 30, 5));
+    not_walked(&r.to_vec().unwrap(), &q, "authority section");
+    not_walked(&response("a.example.", RecordType::A, ResponseCode::NXDomain).to_vec().unwrap(), &q, "NXDOMAIN");
+    not_walked(&response("a.example.", RecordType::A, ResponseCode::NoError).to_vec().unwrap(), &q, "NODATA");
+    let do_q = UpstreamQuestion { dnssec_ok: true, ..q };
+    not_walked(&plain().to_vec().unwrap(), &do_q, "DO set");
+    not_walked(&plain().to_vec().unwrap(), &question(&w, 16), "TXT question");
+
+    let good = bytes_with_edns(&plain());
+    assert!(walked(&good, &q).is_some());
+    let opt = good.len() - 11;
+    let mut trailing = good.clone();
+    trailing.push(0);
+    not_walked(&trailing, &q, "trailing byte");
+    let mut ext_rcode = good.clone();
+    ext_rcode[opt + 5] = 1; // OPT TTL's first octet: extended RCODE (BADVERS)
+    not_walked(&ext_rcode, &q, "extended RCODE");
+    assert!(matches!(ingest(&ext_rcode, &q, &name("example.")), Ok(Ingested::Failure { rcode: 16 })));
+    let mut a_len = plain().to_vec().unwrap();
+    let n = a_len.len();
+    a_len[n - 5] = 5; // RDLENGTH 5 for an A record
+    a_len.push(0);
+    not_walked(&a_len, &q, "A with 5 octets");
+}
+
+#[test]
+fn walker_pointers_must_target_labels_already_read() {
+    let w = wire("a.example");
+    let q = question(&w, 1);
+    // Header, question, then one A record whose owner is the pointer under test.
+    let with_owner_pointer = |ptr: u16| {
+        let mut m = vec![0, 7, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        m.extend_from_slice(&w);
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        m.extend_from_slice(&(0xc000 | ptr).to_be_bytes());
+        m.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 0, 0, 1]);
+        m
+    };
+    assert!(walked(&with_owner_pointer(12), &q).is_some(), "pointer to the question name");
+    // Offset 14 is the second label ("example"): a real label start, but not the owner name.
+    assert!(walk::simple_positive(&with_owner_pointer(14), &q).is_none(), "pointer to another name");
+    for bad in [0, 2, 13, 23, 29] {
+        let m = with_owner_pointer(bad);
+        assert!(walk::simple_positive(&m, &q).is_none(), "pointer to offset {bad}");
+    }
+    // A pointer into a TTL: the bytes spell a name today and another after the TTL is patched.
+    let mut m = vec![0, 7, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0];
+    m.extend_from_slice(&w);
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 0, 0, 4, 10, 0, 0, 1]);
+    let ttl_at = m.len() - 10;
+    m.extend_from_slice(&(0xc000 | ttl_at as u16).to_be_bytes());
+    m.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 0, 0, 2]);
+    assert!(walk::simple_positive(&m, &q).is_none(), "pointer into a TTL");
+}
