@@ -7,7 +7,8 @@
 //! - [`framing`]: the TCP length prefix (RFC 1035 §4.2.2): which lengths each peer may send,
 //!   and a pure stream splitter for tests and fuzzing.
 //! - [`ingest`]: the miss path: builds upstream queries and turns upstream responses into
-//!   cacheable answers that hold only records answering the question. Uses hickory-proto.
+//!   cacheable answers that hold only records answering the question. Plain A/AAAA answers are
+//!   walked on the wire and kept as sent; everything else is decoded with hickory-proto.
 #![forbid(unsafe_code)]
 
 pub mod framing;
