@@ -137,8 +137,9 @@ impl LabelStarts {
         }
     }
 
-    fn contains(&self, offset: usize) -> bool {
-        self.at[..self.len].iter().any(|&o| o as usize == offset)
+    /// Whether `offset` is one of the first `n` recorded.
+    fn among_first(&self, n: usize, offset: usize) -> bool {
+        self.at[..n].iter().any(|&o| o as usize == offset)
     }
 }
 
@@ -163,12 +164,13 @@ impl Walk<'_> {
 
     /// Reads the name at `pos` into `out`, lower-cased and uncompressed, and returns its length.
     /// Labels read in place become pointer targets for later names; a pointer must target one
-    /// recorded earlier. The name, uncompressed, stays under 255 octets (RFC 1035 §2.3.4).
+    /// recorded before this name began (never one of its own labels, so chains end). The name,
+    /// uncompressed, stays under 255 octets (RFC 1035 §2.3.4).
     fn name(&mut self, out: &mut [u8; MAX_NAME_LEN]) -> Option<usize> {
+        let earlier = self.starts.len;
         let mut len = 0;
         let mut at = self.pos;
         let mut in_place = true;
-        let mut new_starts = LabelStarts::default();
         loop {
             let b = *self.resp.get(at)?;
             match b {
@@ -190,7 +192,7 @@ impl Walk<'_> {
                     for (o, i) in out[len..len + label.len()].iter_mut().zip(label) {
                         *o = i.to_ascii_lowercase();
                     }
-                    if in_place && !new_starts.push(at) {
+                    if in_place && !self.starts.push(at) {
                         return None;
                     }
                     len += label.len();
@@ -198,7 +200,7 @@ impl Walk<'_> {
                 }
                 0xc0..=0xff => {
                     let ptr = ((b as usize & 0x3f) << 8) | *self.resp.get(at + 1)? as usize;
-                    if !self.starts.contains(ptr) {
+                    if !self.starts.among_first(earlier, ptr) {
                         return None;
                     }
                     if in_place {
@@ -208,11 +210,6 @@ impl Walk<'_> {
                     at = ptr;
                 }
                 _ => return None, // 0x40 and 0x80: reserved label types (RFC 6891 §5)
-            }
-        }
-        for &s in &new_starts.at[..new_starts.len] {
-            if !self.starts.push(s as usize) {
-                return None;
             }
         }
         Some(len)
