@@ -240,11 +240,7 @@ fn servfail_when_upstream_fails_and_cached_answers_survive_it() {
 fn bad_inputs() -> Vec<(&'static str, Vec<u8>, Option<u8>)> {
     let good = |name: &str, qtype: u16| {
         let mut p = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for l in name.split('.') {
-            p.push(l.len() as u8);
-            p.extend_from_slice(l.as_bytes());
-        }
-        p.push(0);
+        p.extend(nodedns_testkit::wire_name(name));
         p.extend_from_slice(&qtype.to_be_bytes());
         p.extend_from_slice(&[0, 1]);
         p

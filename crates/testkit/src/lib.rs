@@ -1,5 +1,5 @@
 //! Test support for nodedns: a programmable fake upstream DNS server standing in for CoreDNS,
-//! and a small synchronous client to query it (or the daemon) with.
+//! a small synchronous client to query it (or the daemon) with, and wire-name building.
 //!
 //! [`FakeUpstream`] serves UDP and TCP on one port from its own thread and tokio runtime, answers
 //! from canned data set per name and type, and injects faults per query ([`Behaviour`]): delay,
@@ -24,6 +24,18 @@ pub use behaviour::Behaviour;
 pub use client::{QueryError, exchange_tcp, exchange_udp, new_query, query_tcp, query_tcp_pipelined, query_udp};
 pub use fake_upstream::{FakeUpstream, LoggedQuery, Transport};
 pub use responder::ADVERTISED_UDP_PAYLOAD_BYTES;
+
+/// `name` ("a.example" or "a.example.") as an uncompressed wire name: length-prefixed labels
+/// and the root label. Label lengths are not checked, so tests can build bad names with it.
+pub fn wire_name(name: &str) -> Vec<u8> {
+    let mut w = Vec::new();
+    for l in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        w.push(l.len() as u8);
+        w.extend_from_slice(l.as_bytes());
+    }
+    w.push(0);
+    w
+}
 
 /// How often [`wait_until`] re-checks its condition.
 const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(5);

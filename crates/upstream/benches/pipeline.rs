@@ -33,20 +33,11 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hickory_proto::rr::Name;
 use nodedns_cache::LowerName;
+use nodedns_testkit::wire_name;
 use nodedns_upstream::{PoolConfig, Transport, UpstreamPool};
 use nodedns_wire::{UpstreamQuestion, build_query, ingest, ingest_decoded};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
-
-fn wire_name(name: &str) -> Vec<u8> {
-    let mut w = Vec::new();
-    for l in name.split('.') {
-        w.push(l.len() as u8);
-        w.extend_from_slice(l.as_bytes());
-    }
-    w.push(0);
-    w
-}
 
 /// The canned answer to `query`: its header and question, QR+AA+RA, one record (A or AAAA by
 /// the question's type, TTL 300). Knot's answers to the bench zone have this shape.

@@ -6,20 +6,10 @@ use std::time::Duration;
 
 use hickory_proto::rr::{Name, RecordType};
 use nodedns_cache::{Disposition, LowerName};
-use nodedns_testkit::{Behaviour, FakeUpstream, Transport as FakeTransport};
+use nodedns_testkit::{Behaviour, FakeUpstream, Transport as FakeTransport, wire_name as wire};
 use nodedns_wire::UpstreamQuestion;
 
 use super::*;
-
-fn wire(name: &str) -> Vec<u8> {
-    let mut w = Vec::new();
-    for l in name.split('.') {
-        w.push(l.len() as u8);
-        w.extend_from_slice(l.as_bytes());
-    }
-    w.push(0);
-    w
-}
 
 fn q(w: &[u8], qtype: u16) -> UpstreamQuestion<'_> {
     UpstreamQuestion { name: LowerName::new(w).unwrap(), qtype, qclass: 1, dnssec_ok: false, checking_disabled: false }

@@ -30,19 +30,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nodedns_cache::{
     Cache, CacheKey, CacheLimits, CacheableAnswer, Disposition, LowerName, MAX_NAME_LEN, Timestamp, Ttl, TtlPolicy,
 };
+use nodedns_testkit::wire_name;
 use nodedns_wire::{Parsed, Transport, parse_query, render_cached};
 
 const NAMES: usize = 10_000;
-
-fn wire_name(name: &str) -> Vec<u8> {
-    let mut w = Vec::new();
-    for l in name.split('.') {
-        w.push(l.len() as u8);
-        w.extend_from_slice(l.as_bytes());
-    }
-    w.push(0);
-    w
-}
 
 /// A response as stored: header, lower-cased question, one record of `rdata`, no OPT.
 fn stored(name: &[u8], qtype: u16, rdata: &[u8]) -> CacheableAnswer {

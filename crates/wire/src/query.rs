@@ -323,11 +323,7 @@ pub(crate) mod tests {
 
     pub(crate) fn query(name: &str, qtype: u16, edns: Option<(u16, u8, bool)>) -> Vec<u8> {
         let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns.is_some() as u8];
-        for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
-            p.push(label.len() as u8);
-            p.extend_from_slice(label.as_bytes());
-        }
-        p.push(0);
+        p.extend(nodedns_testkit::wire_name(name));
         p.extend_from_slice(&qtype.to_be_bytes());
         p.extend_from_slice(&1u16.to_be_bytes());
         if let Some((size, version, dok)) = edns {

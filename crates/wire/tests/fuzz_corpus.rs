@@ -75,11 +75,7 @@ mod seeds {
     /// A plain query as the daemon's tests build it.
     fn q(qname: &str, qtype: u16, edns: Option<(u16, u8, u8)>) -> Vec<u8> {
         let mut p = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns.is_some() as u8];
-        for l in qname.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
-            p.push(l.len() as u8);
-            p.extend_from_slice(l.as_bytes());
-        }
-        p.push(0);
+        p.extend(nodedns_testkit::wire_name(qname));
         p.extend_from_slice(&qtype.to_be_bytes());
         p.extend_from_slice(&[0, 1]);
         if let Some((size, version, flags)) = edns {

@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use nodedns_testkit::wire_name;
+
 pub const ID: [u8; 2] = [0xab, 0xcd];
 
 /// A well-formed query (RD set, one question, no EDNS) with ID [`ID`].
@@ -14,16 +16,6 @@ pub fn query(name: &str, qtype: u16) -> Vec<u8> {
     p.extend_from_slice(&qtype.to_be_bytes());
     p.extend_from_slice(&[0, 1]);
     p
-}
-
-pub fn wire_name(name: &str) -> Vec<u8> {
-    let mut w = Vec::new();
-    for l in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
-        w.push(l.len() as u8);
-        w.extend_from_slice(l.as_bytes());
-    }
-    w.push(0);
-    w
 }
 
 /// An OPT record owned by the root: payload 1232, this EDNS version, DO clear, no options.

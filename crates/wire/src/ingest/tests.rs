@@ -4,21 +4,12 @@ use std::str::FromStr;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use nodedns_testkit::wire_name as wire;
 
 use super::*;
 
 fn name(s: &str) -> Name {
     Name::from_str(s).unwrap()
-}
-
-fn wire(s: &str) -> Vec<u8> {
-    let mut w = Vec::new();
-    for l in s.trim_end_matches('.').split('.') {
-        w.push(l.len() as u8);
-        w.extend_from_slice(l.as_bytes());
-    }
-    w.push(0);
-    w
 }
 
 fn question(w: &[u8], qtype: u16) -> UpstreamQuestion<'_> {
