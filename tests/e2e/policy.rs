@@ -18,9 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 use nodedns_e2e::testkit::query_udp;
-use nodedns_e2e::{Daemon, Knot, free_addr, metric_value};
+use nodedns_e2e::{Daemon, Knot, a_addresses, free_addr, metric_value};
 
 const T: Duration = Duration::from_secs(3);
 /// The ConfigMap poll interval used in the ConfigMap test.
@@ -255,14 +255,7 @@ admin:
 }
 
 fn a_records(m: &Result<Message, impl std::fmt::Debug>) -> Vec<String> {
-    let Ok(m) = m else { return Vec::new() };
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
+    m.as_ref().map(a_addresses).unwrap_or_default()
 }
 
 fn resolve(d: &Daemon, name: &str) -> Vec<String> {

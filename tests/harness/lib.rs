@@ -217,6 +217,17 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// The A records of an answer, as text ("10.0.0.1"), in answer order.
+pub fn a_addresses(m: &hickory_proto::op::Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Runs `dig` and returns its stdout.
 pub fn dig(server: SocketAddr, args: &[&str]) -> String {
     let out = Command::new("dig")
