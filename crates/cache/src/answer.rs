@@ -68,6 +68,26 @@ impl CacheableAnswer {
     }
 }
 
+/// Whether a stored message is a failure entry. Upstream SERVFAIL answers are never ingested as
+/// data (the wire layer turns them into failures), so a stored SERVFAIL is always one the cache
+/// built itself in [`crate::Cache::insert_failure`].
+pub(crate) fn is_failure_message(message: &[u8]) -> bool {
+    message.get(3).is_some_and(|b| b & 0x0f == RCODE_SERVFAIL)
+}
+
+const RCODE_SERVFAIL: u8 = 2;
+
+/// The SERVFAIL message a failure entry holds: header (QR, RD, RA, rcode 2), the question, no
+/// records. Rendered like any cached answer, so a failure hit costs what a hit costs.
+pub(crate) fn failure_message(name: &[u8], qtype: u16, qclass: u16) -> Vec<u8> {
+    let mut m = Vec::with_capacity(12 + name.len() + 4);
+    m.extend_from_slice(&[0, 0, 0x81, 0x80 | RCODE_SERVFAIL, 0, 1, 0, 0, 0, 0, 0, 0]);
+    m.extend_from_slice(name);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&qclass.to_be_bytes());
+    m
+}
+
 /// How fresh a cached answer is at lookup time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Freshness {
@@ -77,7 +97,12 @@ pub enum Freshness {
         refresh_due: bool,
     },
     /// Expired, but within the stale window: servable only if the upstream fails (RFC 8767).
-    Stale { expired_for_secs: u32 },
+    Stale {
+        expired_for_secs: u32,
+        /// False while a refresh that failed is backing off (RFC 9520 §3.2: a failed refresh of
+        /// stale data is not retried sooner than a new failure would be): answer stale at once.
+        refresh_allowed: bool,
+    },
 }
 
 /// A cached answer seen under the cache lock.
@@ -113,6 +138,11 @@ impl<'a> AnswerView<'a> {
     /// The stored message, TTLs not yet patched.
     pub fn message(&self) -> &[u8] {
         self.message
+    }
+
+    /// Whether this is a failure entry (RFC 9520): a cached SERVFAIL, never upstream data.
+    pub fn is_failure(&self) -> bool {
+        is_failure_message(self.message)
     }
 
     /// Copies the message into `out` with every TTL set to `self.ttl`; returns its length, or

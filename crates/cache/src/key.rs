@@ -89,6 +89,38 @@ impl Member {
     }
 }
 
+/// One member of an A/AAAA pair: what a pair fetch reports on as each query settles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PairMember {
+    A,
+    Aaaa,
+}
+
+impl PairMember {
+    pub const BOTH: [PairMember; 2] = [PairMember::A, PairMember::Aaaa];
+
+    pub fn other(self) -> PairMember {
+        match self {
+            PairMember::A => PairMember::Aaaa,
+            PairMember::Aaaa => PairMember::A,
+        }
+    }
+
+    pub fn qtype(self) -> u16 {
+        match self {
+            PairMember::A => TYPE_A,
+            PairMember::Aaaa => TYPE_AAAA,
+        }
+    }
+
+    pub fn member(self) -> Member {
+        match self {
+            PairMember::A => Member::A,
+            PairMember::Aaaa => Member::Aaaa,
+        }
+    }
+}
+
 /// A borrowed cache key, built per query without allocating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheKey<'a> {

@@ -19,13 +19,17 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use hashbrown::HashTable;
 use parking_lot::RwLock;
 
-use crate::answer::{AnswerView, CacheableAnswer, Freshness, STALE_TTL};
-use crate::key::{CacheKey, KeyKind, LowerName, Member};
+use crate::answer::{AnswerView, CacheableAnswer, Freshness, STALE_TTL, failure_message, is_failure_message};
+use crate::key::{CacheKey, KeyKind, LowerName, Member, PairMember};
 use crate::ttl::{Timestamp, Ttl, TtlPolicy};
 
 const REFERENCED: u8 = 1;
 const REFRESH_CLAIMED: u8 = 2;
 const SPLIT: u8 = 4;
+/// Bits 3..7 of `state`: how many refreshes of this expired entry failed in a row, the exponent of
+/// its refresh backoff (RFC 9520 §3.2).
+const BACKOFF_SHIFT: u8 = 3;
+const BACKOFF_MAX_EXP: u8 = 31;
 
 /// Prefetch only entries asked for at least this often since they were stored.
 const PREFETCH_MIN_HITS: u32 = 2;
@@ -57,7 +61,11 @@ struct Slot {
     class: u16,
     key_flags: u8,
     state: AtomicU8,
-    hits: AtomicU32,
+    /// While fresh: hits since stored, counted up to the prefetch threshold. Once expired: the
+    /// millisecond after expiry before which no refresh may start, set when a refresh failed
+    /// (RFC 9520 §3.2). One field serves both because an entry is never both at once, and slots
+    /// fill every table bucket (see the size assertion below).
+    hits_or_retry: AtomicU32,
     expires_at: Timestamp,
     lifetime: Ttl,
 }
@@ -108,6 +116,11 @@ impl Slot {
         allocated(self.blob.len())
     }
 
+    /// Whether any member is a failure entry (RFC 9520).
+    fn has_failure(&self) -> bool {
+        (0..2).filter_map(|i| self.member(i)).any(|(msg, _)| is_failure_message(msg))
+    }
+
     /// When the entry was stored: derived rather than kept, since slots live in every table
     /// bucket (empty ones too), so each byte of a slot is paid about 1.1 to 2.3 times.
     fn stored_at(&self) -> Timestamp {
@@ -138,6 +151,16 @@ fn build_blob(name: &[u8], answers: &[&CacheableAnswer]) -> Box<[u8]> {
         b.extend_from_slice(&a.message);
     }
     b.into_boxed_slice()
+}
+
+/// A failure member for `key`'s name with type `qtype`.
+fn failure_answer(key: &CacheKey<'_>, qtype: u16) -> CacheableAnswer {
+    CacheableAnswer {
+        message: failure_message(key.name.as_wire(), qtype, key.class),
+        ttl_offsets: Vec::new(),
+        // Never read for a failure member: its lifetime comes from the failure policy.
+        disposition: crate::answer::Disposition::Denial { nxdomain: false, soa: None, chain_ttl: None },
+    }
 }
 
 /// hashbrown's control bytes past the last bucket (its SSE2 group width), counted as held.
@@ -228,6 +251,47 @@ pub struct CacheCounters {
     pub split_pairs: AtomicU64,
     pub refreshes_due: AtomicU64,
     pub rejected: AtomicU64,
+    /// Failure entries stored (RFC 9520), pairs with one failed member included.
+    pub failures: AtomicU64,
+    /// Failed refreshes that kept stale data and set its refresh backoff.
+    pub stale_kept: AtomicU64,
+}
+
+/// How long resolution failures are cached (RFC 9520 §3.2: at least 1 s, backing off while the
+/// failure repeats, at most 5 minutes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// The first failure's lifetime; also the life of a pair with one failed member, when longer
+    /// than the zone's `min_ttl`.
+    pub initial: Ttl,
+    /// The ceiling of the doubling (`cache.failure_max_ttl_secs`).
+    pub max: Ttl,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        Self { initial: Ttl::from_secs(1), max: Ttl::from_secs(30) }
+    }
+}
+
+impl FailurePolicy {
+    /// The lifetime after `repeats` failures in a row (0 for the first).
+    fn after(&self, repeats: u32) -> Ttl {
+        let secs = (self.initial.secs().max(1) as u64) << repeats.min(20);
+        Ttl::from_secs(secs.min(self.max.secs().max(self.initial.secs()) as u64) as u32)
+    }
+}
+
+/// What [`Cache::insert_failure`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureRecorded {
+    /// A failure entry now answers SERVFAIL for this long.
+    Stored { lifetime: Ttl },
+    /// Stale data for the key was kept (RFC 8767 wins over RFC 9520); no refresh starts for this
+    /// long.
+    StaleKept { retry_in: Ttl },
+    /// A fresh entry is stored (filled by another fetch, or a prefetch failed): left as it is.
+    FreshKept,
 }
 
 /// The outcome of an insert.
@@ -324,13 +388,18 @@ impl Cache {
             let remaining_ms = slot.expires_at.millis_since(now);
             (
                 remaining_ms.div_ceil(1000) as u32,
-                Freshness::Fresh { refresh_due: self.claim_refresh(slot, remaining_ms) },
+                // A failure entry is never prefetched: it must expire so the next miss retries.
+                Freshness::Fresh {
+                    refresh_due: !is_failure_message(message) && self.claim_refresh(slot, remaining_ms),
+                },
             )
-        } else if slot.is_dead(now, self.limits.max_stale) {
+        } else if slot.is_dead(now, self.limits.max_stale) || is_failure_message(message) {
+            // A failure entry is never served stale: once expired it only remembers its backoff.
             return None;
         } else {
-            let expired_for = (now.millis_since(slot.expires_at) / 1000) as u32;
-            (STALE_TTL, Freshness::Stale { expired_for_secs: expired_for })
+            let expired_ms = now.millis_since(slot.expires_at);
+            let refresh_allowed = expired_ms >= slot.hits_or_retry.load(Relaxed) as u64;
+            (STALE_TTL, Freshness::Stale { expired_for_secs: (expired_ms / 1000) as u32, refresh_allowed })
         };
         if slot.state.load(Relaxed) & REFERENCED == 0 {
             slot.state.fetch_or(REFERENCED, Relaxed);
@@ -345,8 +414,8 @@ impl Cache {
         // Hits are counted only up to the threshold: past it the count is never read, so a hit
         // on a popular entry is a plain load instead of a locked add that dirties the entry's
         // cache line (which would bounce between cores serving the same name).
-        if slot.hits.load(Relaxed) < PREFETCH_MIN_HITS {
-            let hits = slot.hits.fetch_add(1, Relaxed).saturating_add(1);
+        if slot.hits_or_retry.load(Relaxed) < PREFETCH_MIN_HITS {
+            let hits = slot.hits_or_retry.fetch_add(1, Relaxed).saturating_add(1);
             if hits < PREFETCH_MIN_HITS {
                 return false;
             }
@@ -396,6 +465,108 @@ impl Cache {
         self.store(key, &[a, aaaa], lifetime, split, now)
     }
 
+    /// Records that resolving `key` failed (SERVFAIL, REFUSED or every attempt timed out, after
+    /// the retry on another endpoint). Stale data for the key is kept and its refresh backs off;
+    /// otherwise a failure entry answers SERVFAIL for `policy.initial`, doubling each time the
+    /// failure repeats (the previous failure entry still known) up to `policy.max`. Answers
+    /// served from a failure entry do not count as repeats: only a new failed fetch does. A pair
+    /// key fails both members.
+    pub fn insert_failure(
+        &self,
+        key: &CacheKey<'_>,
+        policy: &FailurePolicy,
+        now: Timestamp,
+    ) -> Result<FailureRecorded, InsertError> {
+        let hash = key.hash_with(&self.hasher);
+        let repeats = {
+            let shard = self.shard_of(hash).read();
+            match shard.find(hash, key) {
+                Some(slot) if now < slot.expires_at && !slot.has_failure() => return Ok(FailureRecorded::FreshKept),
+                Some(slot) if !slot.has_failure() && !slot.is_dead(now, self.limits.max_stale) => {
+                    // RFC 8767: stale data keeps being served; the refresh waits like a new
+                    // failure would, doubling per failed refresh.
+                    let prev = slot
+                        .state
+                        .fetch_update(Relaxed, Relaxed, |s| {
+                            let exp = (s >> BACKOFF_SHIFT).saturating_add(1).min(BACKOFF_MAX_EXP);
+                            Some((s & ((1 << BACKOFF_SHIFT) - 1)) | (exp << BACKOFF_SHIFT))
+                        })
+                        .unwrap_or(0);
+                    let retry_in = policy.after((prev >> BACKOFF_SHIFT) as u32);
+                    let expired_ms = now.millis_since(slot.expires_at);
+                    let retry_at = expired_ms.saturating_add(retry_in.secs() as u64 * 1000);
+                    slot.hits_or_retry.store(retry_at.min(u32::MAX as u64) as u32, Relaxed);
+                    self.counters.stale_kept.fetch_add(1, Relaxed);
+                    return Ok(FailureRecorded::StaleKept { retry_in });
+                }
+                // The previous failure entry, fresh or expired: the failure repeats.
+                Some(slot) if slot.has_failure() && !slot.is_dead(now, self.limits.max_stale) => {
+                    slot.state.load(Relaxed) as u32 >> BACKOFF_SHIFT
+                }
+                _ => 0,
+            }
+        };
+        let lifetime = policy.after(repeats);
+        let messages: Vec<CacheableAnswer> = match key.kind {
+            KeyKind::Pair => PairMember::BOTH.iter().map(|m| failure_answer(key, m.qtype())).collect(),
+            KeyKind::Single(qtype) => vec![failure_answer(key, qtype)],
+        };
+        let refs: Vec<&CacheableAnswer> = messages.iter().collect();
+        let blob = build_blob(key.name.as_wire(), &refs);
+        let exp = (repeats + 1).min(BACKOFF_MAX_EXP as u32) as u8;
+        self.store_blob(key, blob, lifetime, now.add_secs(lifetime.secs()), exp << BACKOFF_SHIFT, now)?;
+        self.counters.failures.fetch_add(1, Relaxed);
+        Ok(FailureRecorded::Stored { lifetime })
+    }
+
+    /// Stores a pair of which only one member was answered in time (issue: one record type's
+    /// failure is that type's). The answered member is served as data; the other is served from
+    /// stale data the entry still held for it, else as a failure member (SERVFAIL). Both live
+    /// one lifetime, `max(min_ttl, failure initial)`, so they still expire together and the next
+    /// miss fetches both again. A failure member is never NXDOMAIN, so this can never cache the
+    /// NXDOMAIN-next-to-NOERROR split that made glibc give up.
+    pub fn insert_pair_degraded(
+        &self,
+        key: &CacheKey<'_>,
+        answered: (PairMember, &CacheableAnswer),
+        policy: &TtlPolicy,
+        failure: &FailurePolicy,
+        now: Timestamp,
+    ) -> Result<Inserted, InsertError> {
+        let (member, answer) = answered;
+        let other = member.other();
+        // Stale data for the failed member wins over a failure member (RFC 8767).
+        let stale_other = {
+            let hash = key.hash_with(&self.hasher);
+            let shard = self.shard_of(hash).read();
+            shard.find(hash, key).filter(|s| !s.is_dead(now, self.limits.max_stale)).and_then(|s| {
+                let (msg, offsets) = s.member(other.member().index())?;
+                (!is_failure_message(msg)).then(|| CacheableAnswer {
+                    message: msg.to_vec(),
+                    ttl_offsets: offsets.chunks_exact(2).map(|o| u16::from_le_bytes([o[0], o[1]])).collect(),
+                    // Not stored: an entry's lifetime is its own, given below.
+                    disposition: answer.disposition,
+                })
+            })
+        };
+        let other_answer = stale_other.unwrap_or_else(|| failure_answer(key, other.qtype()));
+        let lifetime = policy.min_ttl.max(failure.initial).max(Ttl::from_secs(1));
+        let answers = match member {
+            PairMember::A => [answer, &other_answer],
+            PairMember::Aaaa => [&other_answer, answer],
+        };
+        if !answers.iter().all(|a| a.is_consistent()) {
+            self.counters.rejected.fetch_add(1, Relaxed);
+            return Err(InsertError::Inconsistent);
+        }
+        let blob = build_blob(key.name.as_wire(), &answers);
+        let inserted = self.store_blob(key, blob, lifetime, now.add_secs(lifetime.secs()), 0, now)?;
+        if is_failure_message(&other_answer.message) {
+            self.counters.failures.fetch_add(1, Relaxed);
+        }
+        Ok(inserted)
+    }
+
     fn store(
         &self,
         key: &CacheKey<'_>,
@@ -410,7 +581,7 @@ impl Cache {
         }
         let blob = build_blob(key.name.as_wire(), answers);
         let expires_at = now.add_secs(lifetime.secs());
-        self.store_blob(key, blob, lifetime, expires_at, split, now)
+        self.store_blob(key, blob, lifetime, expires_at, if split { SPLIT } else { 0 }, now)
     }
 
     /// Stores a built entry blob under `key`.
@@ -420,9 +591,10 @@ impl Cache {
         blob: Box<[u8]>,
         lifetime: Ttl,
         expires_at: Timestamp,
-        split: bool,
+        state: u8,
         now: Timestamp,
     ) -> Result<Inserted, InsertError> {
+        let split = state & SPLIT != 0;
         let need = allocated(blob.len()) + size_of::<Slot>() + 1;
         if need > self.shard_budget {
             self.counters.rejected.fetch_add(1, Relaxed);
@@ -435,8 +607,8 @@ impl Cache {
             kind_code: key.kind_code(),
             class: key.class,
             key_flags: key.flags_byte(),
-            state: AtomicU8::new(if split { SPLIT } else { 0 }),
-            hits: AtomicU32::new(0),
+            state: AtomicU8::new(state),
+            hits_or_retry: AtomicU32::new(0),
             expires_at,
             lifetime,
         };
@@ -572,7 +744,7 @@ impl Cache {
         if now >= expires_at.add_secs(self.limits.max_stale.secs()) {
             return Err(bad());
         }
-        self.store_blob(&key, blob.into(), lifetime, expires_at, split, now)
+        self.store_blob(&key, blob.into(), lifetime, expires_at, if split { SPLIT } else { 0 }, now)
     }
 }
 

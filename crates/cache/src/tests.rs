@@ -171,7 +171,7 @@ fn stale_window_then_gone() {
     let (ttl, fresh, fields) = served(&c, TYPE_A, t0.add_secs(100)).unwrap();
     assert_eq!(ttl, STALE_TTL);
     assert_eq!(fields, vec![STALE_TTL, STALE_TTL]);
-    assert_eq!(fresh, Freshness::Stale { expired_for_secs: 90 });
+    assert_eq!(fresh, Freshness::Stale { expired_for_secs: 90, refresh_allowed: true });
     assert!(served(&c, TYPE_A, t0.add_secs(10 + 3600)).is_none());
 }
 
@@ -432,4 +432,112 @@ fn allocation_estimate_covers_glibc_and_mimalloc_size_classes() {
     for len in 1..70_000 {
         assert!(allocated(len) >= len);
     }
+}
+
+/// The rcode byte a lookup would render, if the key's member is servable.
+fn rcode_of(c: &Cache, qtype: u16, now: Timestamp) -> Option<(u8, Freshness)> {
+    let (k, m) = key(qtype);
+    c.lookup(&k, m, now, |v| (v.message()[3] & 0x0f, v.freshness))
+}
+
+#[test]
+fn failure_entry_backs_off_while_the_failure_repeats() {
+    let c = cache();
+    let p = FailurePolicy { initial: Ttl::from_secs(1), max: Ttl::from_secs(8) };
+    let (k, _) = key(16);
+    let mut t = Timestamp::from_secs(100);
+    // 1, 2, 4, 8, 8: each new failure comes when the previous entry has expired.
+    for expected in [1, 2, 4, 8, 8] {
+        assert_eq!(
+            c.insert_failure(&k, &p, t).unwrap(),
+            FailureRecorded::Stored { lifetime: Ttl::from_secs(expected) }
+        );
+        let (rcode, fresh) = rcode_of(&c, 16, t).unwrap();
+        assert_eq!(rcode, 2, "served as SERVFAIL");
+        assert!(matches!(fresh, Freshness::Fresh { refresh_due: false }));
+        assert!(rcode_of(&c, 16, t.add_millis(expected as u64 * 1000 - 1)).is_some());
+        t = t.add_secs(expected);
+        assert!(rcode_of(&c, 16, t).is_none(), "a failure entry is never served stale");
+    }
+    // A success replaces it: the next failure (once that answer is past its stale window, or
+    // it would be served stale instead) starts again at 1 s.
+    c.insert(&k, &denial(false, 60, 60), &policy(), t).unwrap();
+    let t = t.add_secs(60 + 3600);
+    assert_eq!(c.insert_failure(&k, &p, t).unwrap(), FailureRecorded::Stored { lifetime: Ttl::from_secs(1) });
+    assert_eq!(c.counters.failures.load(std::sync::atomic::Ordering::Relaxed), 6);
+}
+
+#[test]
+fn stale_data_wins_over_a_failure_and_its_refresh_backs_off() {
+    let c = cache();
+    let p = FailurePolicy { initial: Ttl::from_secs(1), max: Ttl::from_secs(30) };
+    let (k, _) = key(TYPE_A);
+    let t0 = Timestamp::from_secs(0);
+    c.insert_pair(&k, &positive(10), &positive(10), &policy(), t0).unwrap();
+    // Fresh data is never replaced by a failure (a failed prefetch).
+    assert_eq!(c.insert_failure(&k, &p, t0.add_secs(5)).unwrap(), FailureRecorded::FreshKept);
+    let t = t0.add_secs(20);
+    assert_eq!(rcode_of(&c, TYPE_A, t).unwrap().1, Freshness::Stale { expired_for_secs: 10, refresh_allowed: true });
+    assert_eq!(c.insert_failure(&k, &p, t).unwrap(), FailureRecorded::StaleKept { retry_in: Ttl::from_secs(1) });
+    let (rcode, fresh) = rcode_of(&c, TYPE_AAAA, t.add_millis(500)).unwrap();
+    assert_eq!(rcode, 0, "stale data is still served");
+    assert_eq!(fresh, Freshness::Stale { expired_for_secs: 10, refresh_allowed: false });
+    assert!(matches!(
+        rcode_of(&c, TYPE_A, t.add_millis(1000)).unwrap().1,
+        Freshness::Stale { refresh_allowed: true, .. }
+    ));
+    // The next failed refresh waits twice as long.
+    let t = t.add_secs(1);
+    assert_eq!(c.insert_failure(&k, &p, t).unwrap(), FailureRecorded::StaleKept { retry_in: Ttl::from_secs(2) });
+    assert!(matches!(
+        rcode_of(&c, TYPE_A, t.add_millis(1999)).unwrap().1,
+        Freshness::Stale { refresh_allowed: false, .. }
+    ));
+    assert!(matches!(
+        rcode_of(&c, TYPE_A, t.add_millis(2000)).unwrap().1,
+        Freshness::Stale { refresh_allowed: true, .. }
+    ));
+}
+
+#[test]
+fn degraded_pair_serves_the_answered_member_and_expires_together() {
+    let c = cache();
+    let p = FailurePolicy::default();
+    let (k, _) = key(TYPE_A);
+    let t0 = Timestamp::from_secs(0);
+    let ins = c.insert_pair_degraded(&k, (PairMember::A, &positive(300)), &policy(), &p, t0).unwrap();
+    assert_eq!(ins.lifetime.secs(), 5, "min_ttl, not the answered member's 300 s");
+    assert_eq!(rcode_of(&c, TYPE_A, t0).unwrap().0, 0);
+    assert_eq!(rcode_of(&c, TYPE_AAAA, t0).unwrap().0, 2, "the failed member answers SERVFAIL, never NXDOMAIN");
+    assert_eq!(served(&c, TYPE_A, t0.add_secs(1)).unwrap().0, 4);
+    // Both expire at once: A goes stale, AAAA (a failure) is gone.
+    let t = t0.add_secs(5);
+    assert!(matches!(rcode_of(&c, TYPE_A, t).unwrap().1, Freshness::Stale { .. }));
+    assert!(rcode_of(&c, TYPE_AAAA, t).is_none());
+}
+
+#[test]
+fn degraded_pair_keeps_stale_data_of_the_failed_member() {
+    let c = cache();
+    let (k, _) = key(TYPE_A);
+    let t0 = Timestamp::from_secs(0);
+    let mut old_aaaa = positive(10);
+    old_aaaa.message[11] = 0x77; // marks the old AAAA message
+    c.insert_pair(&k, &positive(10), &old_aaaa, &policy(), t0).unwrap();
+    let t = t0.add_secs(30);
+    c.insert_pair_degraded(&k, (PairMember::A, &positive(60)), &policy(), &FailurePolicy::default(), t).unwrap();
+    let (km, m) = key(TYPE_AAAA);
+    let (rcode, marker) = c.lookup(&km, m, t, |v| (v.message()[3], v.message()[11])).unwrap();
+    assert_eq!((rcode, marker), (0, 0x77), "stale AAAA data wins over a failure member");
+}
+
+#[test]
+fn failure_entries_count_against_max_bytes() {
+    let c = Cache::new(CacheLimits { max_bytes: 1 << 20, max_stale: Ttl::from_secs(3600), shards: 4 });
+    let p = FailurePolicy::default();
+    let before = c.bytes();
+    let (k, _) = key(TYPE_A);
+    c.insert_failure(&k, &p, Timestamp::from_secs(0)).unwrap();
+    assert!(c.bytes() > before);
+    assert_eq!(c.entries(), 1);
 }

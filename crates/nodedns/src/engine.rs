@@ -8,17 +8,18 @@ use std::time::Duration;
 
 use hickory_proto::rr::Name;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::broadcast;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use nodedns_cache::{
-    AnswerView, Cache, CacheKey, CacheLimits, CacheableAnswer, Freshness, KeyKind, LowerName, MAX_NAME_LEN, Member,
-    Timestamp, TtlPolicy,
+    AnswerView, Cache, CacheKey, CacheLimits, CacheableAnswer, FailurePolicy, FailureRecorded, Freshness, KeyKind,
+    LowerName, MAX_NAME_LEN, Member, PairMember, Timestamp, TtlPolicy,
 };
 use nodedns_upstream::{EndpointRegistry, PoolConfig, UpstreamError, UpstreamPool};
 use nodedns_wire::{Parsed, Query, Rcode, Transport, UpstreamQuestion, parse_query, render_cached, render_rcode};
 
-use crate::config::{Config, ZoneConfig};
+use crate::config::{Config, Limits, ZoneConfig};
 use crate::logging::RateLimitedWarn;
 use crate::metrics::{CacheResult, Metrics, ShedReason};
 
@@ -31,13 +32,16 @@ pub struct Zone {
 }
 
 impl Zone {
-    pub fn new(config: ZoneConfig, registry: &Arc<EndpointRegistry>) -> Self {
+    pub fn new(config: ZoneConfig, limits: &Limits, registry: &Arc<EndpointRegistry>) -> Self {
         let pool = UpstreamPool::with_registry(
             config.upstreams.addrs(),
             PoolConfig {
                 transport: config.transport,
                 tcp_connections: config.tcp_connections,
                 query_timeout: config.query_timeout,
+                query_budget: config.query_budget,
+                max_inflight_per_endpoint: limits.max_upstream_inflight,
+                queue_wait: limits.upstream_queue_wait,
                 ..PoolConfig::default()
             },
             registry.clone(),
@@ -73,21 +77,41 @@ impl Fetched {
     }
 }
 
-/// The result of one (coalesced) upstream fetch: one answer per member.
-pub enum FetchResult {
-    Single(Arc<Fetched>),
-    Pair { a: Arc<Fetched>, aaaa: Arc<Fetched> },
+/// How one member of a fetch (the single answer, or A or AAAA of a pair) stands.
+#[derive(Clone)]
+pub enum MemberState {
+    Pending,
+    Answered(Arc<Fetched>),
+    /// The member failed; the cache holds what answers it now (a failure entry, stale data),
+    /// except for a shed query, which is answered REFUSED and caches nothing.
     Failed(UpstreamError),
 }
 
-impl FetchResult {
-    fn member(&self, m: Member) -> Option<&Arc<Fetched>> {
-        match (self, m) {
-            (FetchResult::Single(f), _) => Some(f),
-            (FetchResult::Pair { a, .. }, Member::A) => Some(a),
-            (FetchResult::Pair { aaaa, .. }, Member::Aaaa) => Some(aaaa),
-            _ => None,
-        }
+/// The progress of one (coalesced) upstream fetch, published to its waiters as each member
+/// settles: a client waits for its own member only, never for the other one of a pair beyond
+/// `cache.pair_wait_ms` (issue #13: one record type's failure is that type's).
+#[derive(Clone)]
+pub struct FetchState {
+    /// Single fetches use `members[0]`.
+    members: [MemberState; 2],
+    done: bool,
+}
+
+impl FetchState {
+    fn new() -> Self {
+        Self { members: [MemberState::Pending, MemberState::Pending], done: false }
+    }
+
+    fn member(&self, m: Member) -> &MemberState {
+        &self.members[match m {
+            Member::Aaaa => 1,
+            Member::A | Member::Single => 0,
+        }]
+    }
+
+    /// Whether a waiter for `m` has its answer (or will get none from this fetch).
+    fn settled(&self, m: Member) -> bool {
+        self.done || !matches!(self.member(m), MemberState::Pending)
     }
 }
 
@@ -119,10 +143,12 @@ pub struct Engine {
     zones: RwLock<Arc<Vec<Arc<Zone>>>>,
     /// Upstream endpoints shared across zones (one connection pool per address).
     registry: Arc<EndpointRegistry>,
+    /// The upstream in-flight limits new zones are built with (a restart applies changes).
+    limits: Limits,
     cache_config: RwLock<crate::config::CacheConfig>,
     pub metrics: Arc<Metrics>,
     epoch: std::time::Instant,
-    fetches: Mutex<HashMap<FetchKey, broadcast::Sender<Arc<FetchResult>>>>,
+    fetches: Mutex<HashMap<FetchKey, Arc<watch::Sender<FetchState>>>>,
     /// Client queries waiting on the miss path.
     waiting: AtomicUsize,
     pub max_inflight: usize,
@@ -158,9 +184,13 @@ enum Decision {
     Rcode(Rcode),
     /// The cache has a fresh answer now.
     Cached,
-    Fetched(Arc<FetchResult>, Member),
-    /// Upstream failed or was too slow: stale data if any, else SERVFAIL.
+    Fetched(Arc<Fetched>),
+    /// Upstream failed or was too slow: stale data if any, else what the cache holds for the
+    /// failure (a failure entry), else SERVFAIL.
     StaleOrServFail,
+    /// Shed by the upstream in-flight limit: stale data if any, else REFUSED (as `max_inflight`
+    /// shedding answers); never a failure entry.
+    StaleOrRefused,
     Synthesized(Box<CacheableAnswer>, TtlPolicy),
 }
 
@@ -173,7 +203,7 @@ thread_local! {
 impl Engine {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
         let registry = EndpointRegistry::new();
-        let zones = config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &registry))).collect();
+        let zones = config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &config.limits, &registry))).collect();
         Arc::new(Self {
             cache: Cache::new(CacheLimits {
                 max_bytes: config.cache.max_bytes,
@@ -182,6 +212,7 @@ impl Engine {
             }),
             zones: RwLock::new(Arc::new(zones)),
             registry,
+            limits: config.limits.clone(),
             cache_config: RwLock::new(config.cache.clone()),
             metrics,
             epoch: std::time::Instant::now(),
@@ -217,7 +248,7 @@ impl Engine {
     /// connections, health and counters (they live in the shared registry); the cache is kept.
     pub fn reconfigure(&self, config: &Config) {
         let next: Vec<Arc<Zone>> =
-            config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &self.registry))).collect();
+            config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &self.limits, &self.registry))).collect();
         // Keep discovered endpoints of zones whose discovery target did not change.
         for zone in &next {
             if let Some(old) = self.zones().iter().find(|o| {
@@ -259,14 +290,23 @@ impl Engine {
     ) -> Option<(usize, bool)> {
         let mut name_buf = [0u8; MAX_NAME_LEN];
         let (key, member) = query.cache_key(&mut name_buf);
-        self.cache
+        let hit = self
+            .cache
             .lookup(&key, member, now, |view| match view.freshness {
                 Freshness::Fresh { refresh_due } => {
                     render_cached(query, view, transport, out).map(|n| (n, refresh_due))
                 }
                 Freshness::Stale { .. } => None,
             })
-            .flatten()
+            .flatten();
+        // A SERVFAIL served from the cache can only come from a failure entry (RFC 9520).
+        if let Some((len, _)) = hit
+            && len > 3
+            && out[3] & 0x0f == Rcode::ServFail as u8
+        {
+            self.metrics.failure_answers.inc();
+        }
+        hit
     }
 
     /// Whether sampled query logging is on (checked before any work on the hit path).
@@ -312,7 +352,9 @@ impl Engine {
         );
     }
 
-    /// The miss path for one client query (owned packet).
+    /// The miss path for one client query (owned packet). Everything it does for the query —
+    /// the schema rule's SOA fetch, every upstream attempt, the pair wait — fits one deadline,
+    /// the zone's `query_budget_ms` from now (issue #13: glibc gives up after 5 s).
     pub async fn answer_miss(self: &Arc<Self>, packet: &[u8], transport: Transport) -> Option<MissAnswer> {
         let Parsed::Query(query) = parse_query(packet) else {
             return None;
@@ -326,7 +368,7 @@ impl Engine {
         } else {
             self.waiting.fetch_add(1, Relaxed);
             self.metrics.inflight.inc();
-            let d = self.decide(&query).await;
+            let d = self.decide(&query, Instant::now()).await;
             self.metrics.inflight.dec();
             self.waiting.fetch_sub(1, Relaxed);
             d
@@ -350,14 +392,11 @@ impl Engine {
         let miss = |len| (len, CacheResult::Miss);
         match decision {
             Decision::Rcode(rcode) => render_rcode(query, rcode, out).map(miss),
-            Decision::Fetched(result, member) => match result.member(member) {
-                Some(f) => render_cached(query, &f.view(), transport, out).map(miss),
-                None => self.render_decision(query, Decision::StaleOrServFail, transport, out),
-            },
+            Decision::Fetched(f) => render_cached(query, &f.view(), transport, out).map(miss),
             Decision::Synthesized(answer, policy) => {
                 render_cached(query, &Fetched::new(*answer, &policy).view(), transport, out).map(miss)
             }
-            Decision::Cached | Decision::StaleOrServFail => {
+            Decision::Cached | Decision::StaleOrServFail | Decision::StaleOrRefused => {
                 let now = self.now();
                 let from_cache = self
                     .cache
@@ -366,23 +405,39 @@ impl Engine {
                             Freshness::Fresh { .. } => CacheResult::Hit,
                             Freshness::Stale { .. } => CacheResult::Stale,
                         };
-                        render_cached(query, view, transport, out).map(|len| (len, result))
+                        let failure = view.is_failure();
+                        render_cached(query, view, transport, out).map(|len| (len, result, failure))
                     })
                     .flatten();
                 match from_cache {
-                    // A fresh entry found after the upstream failed was filled by another fetch.
-                    Some((len, CacheResult::Hit)) if matches!(decision, Decision::StaleOrServFail) => {
-                        Some((len, CacheResult::Miss))
+                    // Shed: stale data may answer, a failure entry may not (shedding is no
+                    // resolution failure, and the client should retry elsewhere).
+                    Some((_, _, true)) if matches!(decision, Decision::StaleOrRefused) => {
+                        render_rcode(query, Rcode::Refused, out).map(miss)
                     }
-                    Some(r) => Some(r),
+                    Some((len, result, failure)) => {
+                        if failure {
+                            self.metrics.failure_answers.inc();
+                        }
+                        // A fresh entry found after the upstream failed was filled by a fetch.
+                        let result = match (result, &decision) {
+                            (CacheResult::Hit, Decision::Cached) => CacheResult::Hit,
+                            (CacheResult::Hit, _) => CacheResult::Miss,
+                            (r, _) => r,
+                        };
+                        Some((len, result))
+                    }
+                    None if matches!(decision, Decision::StaleOrRefused) => {
+                        render_rcode(query, Rcode::Refused, out).map(miss)
+                    }
                     None => render_rcode(query, Rcode::ServFail, out).map(miss),
                 }
             }
         }
     }
 
-    /// Decides how to answer a miss, waiting for upstream if needed.
-    async fn decide(self: &Arc<Self>, query: &Query<'_>) -> Decision {
+    /// Decides how to answer a miss, waiting for upstream if needed, by the query's deadline.
+    async fn decide(self: &Arc<Self>, query: &Query<'_>, received: Instant) -> Decision {
         let mut name_buf = [0u8; MAX_NAME_LEN];
         let (key, member) = query.cache_key(&mut name_buf);
 
@@ -391,6 +446,9 @@ impl Engine {
         let freshness = self.cache.lookup(&key, member, now, |view| view.freshness);
         let has_stale = match freshness {
             Some(Freshness::Fresh { .. }) => return Decision::Cached,
+            // A failed refresh of this stale entry is backing off (RFC 9520 §3.2): answer stale
+            // now without asking upstream again.
+            Some(Freshness::Stale { refresh_allowed: false, .. }) => return Decision::StaleOrServFail,
             Some(Freshness::Stale { .. }) => true,
             None => false,
         };
@@ -402,30 +460,43 @@ impl Engine {
             // No zone covers the name and there is no "." zone: not ours to answer.
             return Decision::Rcode(Rcode::Refused);
         };
+        let deadline = received + zone.config.query_budget;
 
         if zone.config.kubernetes_schema
             && crate::schema::verdict(&qname, &zone.config) == crate::schema::SchemaVerdict::CannotExist
-            && let Some(answer) = self.synthesize_nxdomain(&zone, query).await
         {
-            self.metrics.local_synthesized.with_label_values(&[&zone.label]).inc();
-            return Decision::Synthesized(Box::new(answer), zone.config.ttl);
+            // The SOA fetch may take at most half the budget: the other half is for asking
+            // upstream about the name itself if no SOA can be had.
+            let soa_deadline = received + zone.config.query_budget / 2;
+            if let Some(answer) = self.synthesize_nxdomain(&zone, query, soa_deadline).await {
+                self.metrics.local_synthesized.with_label_values(&[&zone.label]).inc();
+                return Decision::Synthesized(Box::new(answer), zone.config.ttl);
+            }
         }
         // (No SOA learned yet, e.g. upstream down: ask upstream like any other name.)
 
         let mut rx = self.fetch(&zone, &key);
-        let result = if has_stale {
-            // RFC 8767 §5: answer from stale data if the refresh takes longer than the client
-            // timeout allows; the fetch goes on in the background and refreshes the entry.
-            match tokio::time::timeout(self.stale_answer_timeout(), rx.recv()).await {
-                Ok(Ok(r)) => Some(r),
-                _ => None,
-            }
-        } else {
-            rx.recv().await.ok()
+        // RFC 8767 §5: with stale data, answer from it if the refresh takes longer than the
+        // client timeout allows; the fetch goes on in the background and refreshes the entry.
+        let wait_until = if has_stale { deadline.min(Instant::now() + self.stale_answer_timeout()) } else { deadline };
+        let state = match tokio::time::timeout_at(wait_until, rx.wait_for(|s| s.settled(member))).await {
+            Ok(Ok(state)) => state.member(member).clone(),
+            _ => return Decision::StaleOrServFail,
         };
-        match result {
-            Some(r) if r.member(member).is_some() => Decision::Fetched(r, member),
-            _ => Decision::StaleOrServFail,
+        match state {
+            MemberState::Answered(f) => Decision::Fetched(f),
+            MemberState::Failed(UpstreamError::Overloaded) => {
+                self.metrics.shed(ShedReason::UpstreamInflight);
+                if self.shed_warn.allow() {
+                    warn!(
+                        limit = self.limits.max_upstream_inflight,
+                        zone = %zone.label,
+                        "shedding queries: every upstream endpoint of the zone holds its in-flight limit"
+                    );
+                }
+                Decision::StaleOrRefused
+            }
+            MemberState::Failed(_) | MemberState::Pending => Decision::StaleOrServFail,
         }
     }
 
@@ -450,29 +521,47 @@ impl Engine {
     }
 
     /// Joins or starts the fetch for `key`. Identical misses share one upstream exchange: 10,000
-    /// simultaneous queries for one name cost the upstream one A+AAAA pair.
-    fn fetch(self: &Arc<Self>, zone: &Arc<Zone>, key: &CacheKey<'_>) -> broadcast::Receiver<Arc<FetchResult>> {
+    /// simultaneous queries for one name cost the upstream one A+AAAA pair. A query that joins
+    /// late sees what has settled already (a `watch`, not a broadcast).
+    fn fetch(self: &Arc<Self>, zone: &Arc<Zone>, key: &CacheKey<'_>) -> watch::Receiver<FetchState> {
         let fk = FetchKey::of(key);
         let mut fetches = self.fetches.lock();
         if let Some(tx) = fetches.get(&fk) {
             return tx.subscribe();
         }
-        let (tx, rx) = broadcast::channel(1);
+        let (tx, rx) = watch::channel(FetchState::new());
+        let tx = Arc::new(tx);
         fetches.insert(fk.clone(), tx.clone());
         drop(fetches);
         let engine = self.clone();
         let zone = zone.clone();
         tokio::spawn(async move {
-            let result = Arc::new(engine.run_fetch(&zone, &fk).await);
+            engine.run_fetch(&zone, &fk, &tx).await;
             engine.fetches.lock().remove(&fk);
-            let _ = tx.send(result);
+            tx.send_modify(|s| s.done = true);
         });
         rx
     }
 
-    async fn run_fetch(&self, zone: &Zone, fk: &FetchKey) -> FetchResult {
+    /// Stores the failure of `key` unless it was shed (our limit, not a resolution failure).
+    fn cache_failure(&self, key: &CacheKey<'_>, e: &UpstreamError) {
+        match e {
+            UpstreamError::Failed { .. } => {
+                let failure = self.cache_config.read().failure;
+                if let Ok(FailureRecorded::Stored { .. }) = self.cache.insert_failure(key, &failure, self.now()) {
+                    self.metrics.failure_entries.inc();
+                }
+            }
+            // Shed, every endpoint ejected (already failing fast, and re-admission must not
+            // leave names failing behind it), or nothing configured: no failure entry.
+            UpstreamError::Overloaded | UpstreamError::AllEjected | UpstreamError::NoEndpoints => {}
+        }
+    }
+
+    async fn run_fetch(&self, zone: &Zone, fk: &FetchKey, tx: &watch::Sender<FetchState>) {
         let Ok(name) = LowerName::new(&fk.name) else {
-            return FetchResult::Failed(UpstreamError::NoEndpoints);
+            tx.send_modify(|s| s.members = [0, 1].map(|_| MemberState::Failed(UpstreamError::NoEndpoints)));
+            return;
         };
         let question = |qtype| UpstreamQuestion {
             name,
@@ -491,29 +580,94 @@ impl Engine {
         let policy = zone.config.ttl;
         let bailiwick = &zone.config.name;
         match fk.kind {
-            KeyKind::Single(qtype) => match zone.pool.resolve(&question(qtype), bailiwick).await {
-                Ok(r) => {
-                    let _ = self.cache.insert(&key, &r.answer, &policy, self.now());
-                    // After the insert: readiness must not announce an answer not yet cached.
-                    self.upstream_answered.store(true, Relaxed);
-                    FetchResult::Single(Arc::new(Fetched::new(r.answer, &policy)))
-                }
-                Err(e) => FetchResult::Failed(e),
-            },
+            KeyKind::Single(qtype) => {
+                let state = match zone.pool.resolve(&question(qtype), bailiwick).await {
+                    Ok(r) => {
+                        let _ = self.cache.insert(&key, &r.answer, &policy, self.now());
+                        // After the insert: readiness must not announce an answer not yet cached.
+                        self.upstream_answered.store(true, Relaxed);
+                        MemberState::Answered(Arc::new(Fetched::new(r.answer, &policy)))
+                    }
+                    Err(e) => {
+                        self.cache_failure(&key, &e);
+                        MemberState::Failed(e)
+                    }
+                };
+                tx.send_modify(|s| s.members[0] = state);
+            }
             KeyKind::Pair => {
-                let (qa, qaaaa) = (question(nodedns_cache::TYPE_A), question(nodedns_cache::TYPE_AAAA));
-                let mut refetched = false;
-                loop {
-                    let (a, aaaa) =
-                        tokio::join!(zone.pool.resolve(&qa, bailiwick), zone.pool.resolve(&qaaaa, bailiwick));
-                    let (a, aaaa) = match (a, aaaa) {
-                        (Ok(a), Ok(aaaa)) => (a, aaaa),
-                        (Err(e), _) | (_, Err(e)) => {
-                            // One member failed: nothing is cached, so the pair can never be
-                            // stored half-refreshed. SERVFAIL/timeouts never replace an entry.
-                            return FetchResult::Failed(e);
-                        }
-                    };
+                let questions = (question(nodedns_cache::TYPE_A), question(nodedns_cache::TYPE_AAAA));
+                self.run_pair_fetch(zone, &key, fk, tx, questions).await
+            }
+        }
+    }
+
+    /// A/AAAA fetched together. When both answer within `pair_wait` of each other the pair rule
+    /// stands (one entry, one expiry, split detection). When one member fails, or is still
+    /// missing `pair_wait` after the other arrived, the one that answered is served at once and
+    /// stored with the other as a failure member, both for `min_ttl` only: IPv4 never breaks
+    /// because of IPv6, the two still expire together, and a failure member is SERVFAIL, never
+    /// NXDOMAIN, so the NXDOMAIN-next-to-NOERROR split that made glibc give up cannot come of it.
+    async fn run_pair_fetch(
+        &self,
+        zone: &Zone,
+        key: &CacheKey<'_>,
+        fk: &FetchKey,
+        tx: &watch::Sender<FetchState>,
+        questions: (UpstreamQuestion<'_>, UpstreamQuestion<'_>),
+    ) {
+        let policy = zone.config.ttl;
+        let bailiwick = &zone.config.name;
+        let (pair_wait, failure) = {
+            let c = self.cache_config.read();
+            (c.pair_wait, c.failure)
+        };
+        let degraded_ttl = policy.min_ttl.max(failure.initial).max(nodedns_cache::Ttl::from_secs(1)).secs();
+        let (qa, qaaaa) = questions;
+        let publish = |m: PairMember, state: MemberState| {
+            tx.send_modify(|s| s.members[pair_slot(m)] = state);
+        };
+        let mut refetched = false;
+        loop {
+            let mut fa = std::pin::pin!(zone.pool.resolve(&qa, bailiwick));
+            let mut fb = std::pin::pin!(zone.pool.resolve(&qaaaa, bailiwick));
+            let (first, first_result) = tokio::select! {
+                r = fa.as_mut() => (PairMember::A, r),
+                r = fb.as_mut() => (PairMember::Aaaa, r),
+            };
+            let mut other = match first {
+                PairMember::A => fb.as_mut(),
+                PairMember::Aaaa => fa.as_mut(),
+            };
+            let second_result = match &first_result {
+                Ok(_) => match tokio::time::timeout(pair_wait, other.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // The other member is late: the one that came is answered now, and the
+                        // pair is stored once the other settles.
+                        let Ok(first_answer) = first_result else { unreachable!("matched Ok") };
+                        self.upstream_answered.store(true, Relaxed);
+                        let kept = first_answer.answer.clone();
+                        let fetched = Fetched::with_ttl(first_answer.answer, degraded_ttl, false);
+                        publish(first, MemberState::Answered(Arc::new(fetched)));
+                        let late = other.await;
+                        self.store_late_pair(key, (first, kept), late, &policy, &failure, &publish);
+                        return;
+                    }
+                },
+                Err(e) => {
+                    // The failed member's waiters are answered now (stale data, a failure
+                    // entry once stored, or SERVFAIL); the other member is awaited in full.
+                    publish(first, MemberState::Failed(*e));
+                    other.await
+                }
+            };
+            let (a, aaaa) = match first {
+                PairMember::A => (first_result, second_result),
+                PairMember::Aaaa => (second_result, first_result),
+            };
+            match (a, aaaa) {
+                (Ok(a), Ok(aaaa)) => {
                     self.upstream_answered.store(true, Relaxed);
                     let split = a.answer.disposition.is_nxdomain() != aaaa.answer.disposition.is_nxdomain();
                     if split && !refetched {
@@ -531,42 +685,130 @@ impl Engine {
                             "upstream answers NXDOMAIN for one of A/AAAA and NOERROR for the other; caching the split pair for min_ttl only"
                         );
                     }
-                    let stored = self.cache.insert_pair(&key, &a.answer, &aaaa.answer, &policy, self.now());
-                    let ttl = match stored {
-                        Ok(ins) => ins.lifetime.secs(),
-                        // Not stored (larger than a shard's budget): the same rule, computed here.
-                        Err(_) => {
-                            let t =
-                                a.answer.disposition.lifetime(&policy).min(aaaa.answer.disposition.lifetime(&policy));
-                            if split { t.min(policy.min_ttl).secs() } else { t.secs() }
-                        }
-                    };
-                    return FetchResult::Pair {
-                        a: Arc::new(Fetched::with_ttl(a.answer, ttl, split)),
-                        aaaa: Arc::new(Fetched::with_ttl(aaaa.answer, ttl, split)),
-                    };
+                    let ttl = self.store_pair(key, &a.answer, &aaaa.answer, &policy);
+                    tx.send_modify(|s| {
+                        s.members = [
+                            MemberState::Answered(Arc::new(Fetched::with_ttl(a.answer, ttl, split))),
+                            MemberState::Answered(Arc::new(Fetched::with_ttl(aaaa.answer, ttl, split))),
+                        ]
+                    });
                 }
+                (Ok(ok), Err(e)) => {
+                    self.upstream_answered.store(true, Relaxed);
+                    self.store_degraded(key, (PairMember::A, ok), e, &policy, &failure, &publish);
+                }
+                (Err(e), Ok(ok)) => {
+                    self.upstream_answered.store(true, Relaxed);
+                    self.store_degraded(key, (PairMember::Aaaa, ok), e, &policy, &failure, &publish);
+                }
+                (Err(ea), Err(eb)) => {
+                    // Both failed: one failure entry for the pair, unless either was shed.
+                    if matches!((ea, eb), (UpstreamError::Failed { .. }, UpstreamError::Failed { .. })) {
+                        self.cache_failure(key, &eb);
+                    }
+                    tx.send_modify(|s| s.members = [MemberState::Failed(ea), MemberState::Failed(eb)]);
+                }
+            }
+            return;
+        }
+    }
+
+    /// Stores a pair both of whose members answered; returns its one TTL.
+    fn store_pair(&self, key: &CacheKey<'_>, a: &CacheableAnswer, aaaa: &CacheableAnswer, policy: &TtlPolicy) -> u32 {
+        match self.cache.insert_pair(key, a, aaaa, policy, self.now()) {
+            Ok(ins) => ins.lifetime.secs(),
+            // Not stored (larger than a shard's budget): the same rule, computed here.
+            Err(_) => {
+                let t = a.disposition.lifetime(policy).min(aaaa.disposition.lifetime(policy));
+                let split = a.disposition.is_nxdomain() != aaaa.disposition.is_nxdomain();
+                if split { t.min(policy.min_ttl).secs() } else { t.secs() }
+            }
+        }
+    }
+
+    /// One member answered and the other failed: the answered one is served and stored with
+    /// the other as a failure member ([`Cache::insert_pair_degraded`]). A shed member (our
+    /// limit) caches nothing: the answered member is served without being stored.
+    fn store_degraded(
+        &self,
+        key: &CacheKey<'_>,
+        answered: (PairMember, nodedns_upstream::Resolved),
+        error: UpstreamError,
+        policy: &TtlPolicy,
+        failure: &FailurePolicy,
+        publish: &dyn Fn(PairMember, MemberState),
+    ) {
+        let (member, ok) = answered;
+        let mut ttl = policy.min_ttl.max(failure.initial).max(nodedns_cache::Ttl::from_secs(1)).secs();
+        if matches!(error, UpstreamError::Failed { .. })
+            && let Ok(ins) = self.cache.insert_pair_degraded(key, (member, &ok.answer), policy, failure, self.now())
+        {
+            self.metrics.failure_entries.inc();
+            ttl = ins.lifetime.secs();
+        }
+        publish(member.other(), MemberState::Failed(error));
+        publish(member, MemberState::Answered(Arc::new(Fetched::with_ttl(ok.answer, ttl, false))));
+    }
+
+    /// The first member was answered alone after `pair_wait`; the late one has now settled.
+    fn store_late_pair(
+        &self,
+        key: &CacheKey<'_>,
+        first: (PairMember, CacheableAnswer),
+        late: Result<nodedns_upstream::Resolved, UpstreamError>,
+        policy: &TtlPolicy,
+        failure: &FailurePolicy,
+        publish: &dyn Fn(PairMember, MemberState),
+    ) {
+        let (member, first_answer) = first;
+        match late {
+            Ok(second) => {
+                let (a, aaaa) = match member {
+                    PairMember::A => (&first_answer, &second.answer),
+                    PairMember::Aaaa => (&second.answer, &first_answer),
+                };
+                let ttl = self.store_pair(key, a, aaaa, policy);
+                publish(member.other(), MemberState::Answered(Arc::new(Fetched::with_ttl(second.answer, ttl, false))));
+            }
+            Err(error) => {
+                if matches!(error, UpstreamError::Failed { .. })
+                    && self
+                        .cache
+                        .insert_pair_degraded(key, (member, &first_answer), policy, failure, self.now())
+                        .is_ok()
+                {
+                    self.metrics.failure_entries.inc();
+                }
+                publish(member.other(), MemberState::Failed(error));
             }
         }
     }
 
     /// The NXDOMAIN answer for a name that cannot exist under the Kubernetes DNS schema, with
     /// the zone's SOA in the authority section (learned from upstream and cached).
-    async fn synthesize_nxdomain(self: &Arc<Self>, zone: &Arc<Zone>, query: &Query<'_>) -> Option<CacheableAnswer> {
-        let soa = self.zone_soa(zone).await?;
+    async fn synthesize_nxdomain(
+        self: &Arc<Self>,
+        zone: &Arc<Zone>,
+        query: &Query<'_>,
+        deadline: Instant,
+    ) -> Option<CacheableAnswer> {
+        let soa = self.zone_soa(zone, deadline).await?;
         crate::schema::nxdomain_answer(query, &soa)
     }
 
-    /// The zone apex SOA answer (wire message), from the cache or one upstream query.
-    async fn zone_soa(self: &Arc<Self>, zone: &Arc<Zone>) -> Option<Vec<u8>> {
+    /// The zone apex SOA answer (wire message), from the cache or one upstream query answered by
+    /// `deadline`. A failure entry for the SOA means none can be had now.
+    async fn zone_soa(self: &Arc<Self>, zone: &Arc<Zone>, deadline: Instant) -> Option<Vec<u8>> {
         let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&zone.config.name.to_lowercase()).ok()?;
         let name = LowerName::new(&wire).ok()?;
         let (key, member) = CacheKey::for_query(name, 6, nodedns_cache::CLASS_IN, false, false);
         let now = self.now();
-        if let Some((m, fresh)) = self
-            .cache
-            .lookup(&key, member, now, |v| (v.message().to_vec(), matches!(v.freshness, Freshness::Fresh { .. })))
-        {
+        if let Some((m, fresh, failure)) = self.cache.lookup(&key, member, now, |v| {
+            (v.message().to_vec(), matches!(v.freshness, Freshness::Fresh { .. }), v.is_failure())
+        }) {
+            if failure {
+                return None;
+            }
             if !fresh {
                 // Serve the expired SOA now and refresh it in the background.
                 drop(self.fetch(zone, &key));
@@ -574,8 +816,9 @@ impl Engine {
             return Some(m);
         }
         let mut rx = self.fetch(zone, &key);
-        match rx.recv().await.ok()?.as_ref() {
-            FetchResult::Single(f) => Some(f.message.clone()),
+        let state = tokio::time::timeout_at(deadline, rx.wait_for(|s| s.settled(member))).await.ok()?.ok()?;
+        match state.member(member) {
+            MemberState::Answered(f) => Some(f.message.clone()),
             _ => None,
         }
     }
@@ -591,10 +834,10 @@ impl Engine {
             let Ok(name) = LowerName::new(&wire) else {
                 continue;
             };
-            let (key, _) = CacheKey::for_query(name, 6, nodedns_cache::CLASS_IN, false, false);
+            let (key, member) = CacheKey::for_query(name, 6, nodedns_cache::CLASS_IN, false, false);
             let mut rx = self.fetch(zone, &key);
-            if let Ok(r) = rx.recv().await
-                && !matches!(r.as_ref(), FetchResult::Failed(_))
+            if let Ok(state) = rx.wait_for(|s| s.settled(member)).await
+                && matches!(state.member(member), MemberState::Answered(_))
             {
                 return true;
             }
@@ -631,6 +874,14 @@ impl Engine {
 }
 
 pub use nodedns_wire::name_from_wire;
+
+/// Where a pair member's state lives in [`FetchState::members`].
+fn pair_slot(m: PairMember) -> usize {
+    match m {
+        PairMember::A => 0,
+        PairMember::Aaaa => 1,
+    }
+}
 
 fn display_name(wire: &[u8]) -> String {
     name_from_wire(wire).map(|n| n.to_ascii()).unwrap_or_else(|| "<invalid>".into())

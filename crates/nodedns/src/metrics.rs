@@ -23,6 +23,8 @@ pub const CACHE_EVICTIONS: &str = "nodedns_cache_evictions_total";
 pub const CACHE_PREFETCHES: &str = "nodedns_cache_prefetches_total";
 pub const CACHE_STALE_ANSWERS: &str = "nodedns_cache_stale_answers_total";
 pub const CACHE_SPLIT_PAIRS: &str = "nodedns_cache_split_pairs_total";
+pub const CACHE_FAILURE_ENTRIES: &str = "nodedns_cache_failure_entries_total";
+pub const CACHE_FAILURE_ANSWERS: &str = "nodedns_cache_failure_answers_total";
 pub const UPSTREAM_QUERIES: &str = "nodedns_upstream_queries_total";
 pub const UPSTREAM_ERRORS: &str = "nodedns_upstream_errors_total";
 pub const UPSTREAM_DURATION: &str = "nodedns_upstream_duration_seconds";
@@ -61,6 +63,8 @@ pub const ALL_NAMES: &[&str] = &[
     CACHE_PREFETCHES,
     CACHE_STALE_ANSWERS,
     CACHE_SPLIT_PAIRS,
+    CACHE_FAILURE_ENTRIES,
+    CACHE_FAILURE_ANSWERS,
     UPSTREAM_QUERIES,
     UPSTREAM_ERRORS,
     UPSTREAM_DURATION,
@@ -154,9 +158,12 @@ pub enum ShedReason {
     TcpPipeline = 2,
     RateLimit = 3,
     Draining = 4,
+    /// Every endpoint of the zone holds `limits.max_upstream_inflight` queries.
+    UpstreamInflight = 5,
 }
 
-const SHED_REASONS: [&str; 5] = ["inflight", "tcp_connections", "tcp_pipeline", "rate_limit", "draining"];
+const SHED_REASONS: [&str; 6] =
+    ["inflight", "tcp_connections", "tcp_pipeline", "rate_limit", "draining", "upstream_inflight"];
 
 const REQUEST_BUCKETS: [f64; 14] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
@@ -171,6 +178,9 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     pub stale_answers: IntCounter,
     pub prefetches: IntCounter,
+    /// Failure entries stored (RFC 9520), and answers served from them.
+    pub failure_entries: IntCounter,
+    pub failure_answers: IntCounter,
     pub inflight: IntGauge,
     shed: Vec<IntCounter>,
     malformed: IntCounterVec,
@@ -236,6 +246,11 @@ impl Metrics {
         let stale_answers =
             counter(CACHE_STALE_ANSWERS, "Answers served from expired entries because upstreams failed (RFC 8767).");
         let prefetches = counter(CACHE_PREFETCHES, "Popular entries refreshed before they expired.");
+        let failure_entries = counter(
+            CACHE_FAILURE_ENTRIES,
+            "Resolution failures cached (RFC 9520), pairs with one failed member included.",
+        );
+        let failure_answers = counter(CACHE_FAILURE_ANSWERS, "SERVFAIL answers served from failure entries.");
         let node_repairs =
             counter(NODE_REPAIRS, "Node setup pieces (interface, addresses, rules) found missing and restored.");
 
@@ -324,6 +339,8 @@ impl Metrics {
             cache_misses,
             stale_answers,
             prefetches,
+            failure_entries,
+            failure_answers,
             inflight,
             shed,
             malformed,

@@ -162,6 +162,7 @@ pub async fn probe(
                 Err(UpstreamError::Failed { last, .. }) => bump(&mut r.errors, last.label()),
                 Err(UpstreamError::NoEndpoints) => bump(&mut r.errors, "no_endpoints"),
                 Err(UpstreamError::AllEjected) => bump(&mut r.errors, "ejected"),
+                Err(UpstreamError::Overloaded) => bump(&mut r.errors, "overloaded"),
             }
         }
         reports.push(r);

@@ -1,9 +1,10 @@
 //! One upstream endpoint (an IP:port): its counters, latency histogram and health state.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -96,25 +97,71 @@ impl EndpointStats {
     }
 }
 
-/// Health of an endpoint, for outlier ejection (passive: from real queries).
+/// Health of an endpoint, for outlier ejection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
     Healthy,
-    /// Ejected after consecutive failures; re-admitted on probation when the backoff ends.
+    /// Ejected; re-admitted when its health probe is answered or, on probation, when the
+    /// backoff ends.
     Ejected,
 }
 
 /// Outcomes remembered for failure-rate ejection.
 pub const OUTCOME_WINDOW: u32 = 20;
 
+/// What a failed attempt says, and about whom (issue #13: a fault stays as small as it is).
+///
+/// The rule, and why: an endpoint is judged only on evidence about the endpoint. A SERVFAIL,
+/// REFUSED, timeout or bad response for one question is first of all that question's outcome —
+/// one external domain with broken servers makes CoreDNS SERVFAIL that one name on every pod, and
+/// counting it against the endpoint ejected the only endpoint of `.` and failed every other
+/// external name for seconds. So:
+/// - [`Evidence::Unreachable`] (connect refused, reset or timed out; a silent endpoint failing its
+///   liveness probe) is about the endpoint: it counts toward ejection at once.
+/// - [`Evidence::Question`] is about the question until a peer settles it: it counts against the
+///   endpoint only when another endpoint then answered the same question
+///   ([`Endpoint::record_failure`]), or when the endpoint's share of unconfirmed failures stands
+///   out from its peers' (see `UpstreamPool`). A question that fails on every endpoint is the
+///   name's outcome and counts against none.
+/// - [`Evidence::Local`]: our own limit (in-flight cap, pipeline full); never the endpoint's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    Unreachable,
+    Question,
+    Local,
+}
+
+impl ErrorKind {
+    /// What a failure of this kind says about the endpoint that produced it.
+    pub fn evidence(self) -> Evidence {
+        match self {
+            ErrorKind::Connect => Evidence::Unreachable,
+            // A connection that dies under a query was already retried once on a fresh one:
+            // what is left may be the question (a query that crashes a connection), so a peer,
+            // or the liveness probe when the endpoint goes silent, has to settle it.
+            ErrorKind::Closed | ErrorKind::Timeout | ErrorKind::Malformed | ErrorKind::Mismatch | ErrorKind::Rcode => {
+                Evidence::Question
+            }
+            ErrorKind::Overloaded => Evidence::Local,
+        }
+    }
+}
+
 /// Ejection policy.
 #[derive(Clone, Copy, Debug)]
 pub struct EjectionPolicy {
-    /// Consecutive failures (errors or timeouts) that eject an endpoint.
+    /// Consecutive failures (confirmed by a peer, or unreachable) that eject an endpoint.
     pub consecutive_failures: u32,
     /// Failures among the last [`OUTCOME_WINDOW`] queries that eject an endpoint: catches the
     /// endpoint that fails a fraction of queries (a sick node) without ever failing 3 in a row.
     pub window_failures: u32,
+    /// Outlier rule for failures no peer could settle: an endpoint whose failure share over its
+    /// full window is at least this (percent) ...
+    pub outlier_min_percent: u32,
+    /// ... and at least this many times its peers' median share is ejected. Envoy's success-rate
+    /// detection needs 5 hosts; CoreDNS runs 2–3 pods, so the rule compares with the median of
+    /// however many peers there are, one included.
+    pub outlier_factor: u32,
     /// First ejection period; doubled on each re-ejection up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
@@ -125,6 +172,8 @@ impl Default for EjectionPolicy {
         Self {
             consecutive_failures: 3,
             window_failures: 5,
+            outlier_min_percent: 25,
+            outlier_factor: 3,
             base_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(60),
         }
@@ -145,6 +194,18 @@ pub struct Endpoint {
     ejected_until_ms: AtomicU64,
     /// Total ejections, for metrics.
     pub ejections: AtomicU64,
+    /// Milliseconds since `epoch` when the first query was sent that has had no response of any
+    /// kind (an answer, SERVFAIL, a bad message) since; 0 once anything came back. An idle
+    /// endpoint is not a silent one; one sent queries for seconds without a word back is.
+    unanswered_since_ms: AtomicU64,
+    /// A liveness probe is under way (at most one per endpoint).
+    probing: AtomicBool,
+    /// Upstream queries in flight to this endpoint — client misses, pair members, prefetches,
+    /// stale refreshes and probes alike — never more than the limit (issue #13: a storm of unique
+    /// names from one node OOM-killed CoreDNS).
+    permits: Semaphore,
+    /// The limit `permits` was created with, for metrics.
+    pub max_inflight: usize,
     epoch: Instant,
 }
 
@@ -155,8 +216,17 @@ pub enum HealthChange {
     Readmitted,
 }
 
+/// The default limit of upstream queries in flight to one endpoint.
+pub const DEFAULT_MAX_INFLIGHT: usize = 1000;
+
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_limit(addr, DEFAULT_MAX_INFLIGHT)
+    }
+
+    /// An endpoint that never has more than `max_inflight` queries outstanding.
+    pub fn with_limit(addr: SocketAddr, max_inflight: usize) -> Self {
+        let max_inflight = max_inflight.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             addr,
             stats: EndpointStats::default(),
@@ -166,6 +236,10 @@ impl Endpoint {
             ejections_in_a_row: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            unanswered_since_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            permits: Semaphore::new(max_inflight),
+            max_inflight,
             epoch: Instant::now(),
         }
     }
@@ -179,10 +253,29 @@ impl Endpoint {
         if until != 0 && self.now_ms() < until { Health::Ejected } else { Health::Healthy }
     }
 
-    /// Records a success; an endpoint on probation after ejection is fully re-admitted.
+    /// A slot for one upstream query, waiting at most `wait` for one to free up. `None`: the
+    /// endpoint already holds its limit of queries (the caller sheds or tries another endpoint).
+    pub async fn acquire(&self, wait: Duration) -> Option<InflightPermit<'_>> {
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) if wait.is_zero() => return None,
+            Err(_) => tokio::time::timeout(wait, self.permits.acquire()).await.ok()?.ok()?,
+        };
+        self.stats.in_flight.fetch_add(1, Relaxed);
+        let _ = self.unanswered_since_ms.compare_exchange(0, self.now_ms(), Relaxed, Relaxed);
+        Some(InflightPermit { endpoint: self, _permit: permit })
+    }
+
+    /// Queries in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.max_inflight - self.permits.available_permits()
+    }
+
+    /// Records an answered question; an endpoint on probation after ejection is re-admitted.
     pub fn record_success(&self, latency: Duration) -> Option<HealthChange> {
         self.stats.responses.fetch_add(1, Relaxed);
         self.stats.observe_latency(latency);
+        self.note_response();
         self.consecutive_failures.store(0, Relaxed);
         self.record_outcome(false);
         if self.ejected_until_ms.swap(0, Relaxed) != 0 {
@@ -192,13 +285,63 @@ impl Endpoint {
         None
     }
 
-    /// Records a failure; returns an ejection when this one crosses the threshold.
-    pub fn record_failure(&self, kind: ErrorKind, policy: &EjectionPolicy) -> Option<HealthChange> {
+    /// The endpoint sent something (an answer, an error rcode, a bad message): it is alive.
+    pub fn note_response(&self) {
+        self.unanswered_since_ms.store(0, Relaxed);
+    }
+
+    /// Counts a failure in the error counters only: what it says about the endpoint is decided
+    /// later ([`Evidence`]).
+    pub fn count_failure(&self, kind: ErrorKind) {
         self.stats.count_error(kind);
+    }
+
+    /// How long the endpoint has been sent queries without sending anything back.
+    pub fn silent_for(&self) -> Duration {
+        match self.unanswered_since_ms.load(Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(self.now_ms().saturating_sub(since)),
+        }
+    }
+
+    /// Claims the endpoint's one liveness probe; false if one is under way.
+    pub fn begin_probe(&self) -> bool {
+        !self.probing.swap(true, Relaxed)
+    }
+
+    pub fn end_probe(&self) {
+        self.probing.store(false, Relaxed);
+    }
+
+    /// Records a failure that is evidence against this endpoint: unreachable, or confirmed by a
+    /// peer answering the same question. Returns an ejection when this one crosses a threshold.
+    pub fn record_failure(&self, policy: &EjectionPolicy) -> Option<HealthChange> {
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         let window = self.record_outcome(true);
         let rate_exceeded = window.is_some_and(|w| w >= policy.window_failures);
-        if (failures < policy.consecutive_failures && !rate_exceeded) || self.health() == Health::Ejected {
+        if failures < policy.consecutive_failures && !rate_exceeded {
+            return None;
+        }
+        self.eject(policy)
+    }
+
+    /// Records a failure no peer could settle into the outcome window (not the consecutive
+    /// count); the pool compares the window with the peers' ([`EjectionPolicy::outlier_factor`]).
+    pub fn record_unsettled_failure(&self) {
+        self.record_outcome(true);
+    }
+
+    /// The share of failures (percent) over a full window, `None` until the window is full.
+    pub fn failure_percent(&self) -> Option<u32> {
+        if self.outcome_count.load(Relaxed) < OUTCOME_WINDOW {
+            return None;
+        }
+        Some(self.outcomes.load(Relaxed).count_ones() * 100 / OUTCOME_WINDOW)
+    }
+
+    /// Ejects the endpoint now (unless it already is), with exponential backoff.
+    pub fn eject(&self, policy: &EjectionPolicy) -> Option<HealthChange> {
+        if self.health() == Health::Ejected {
             return None;
         }
         self.outcomes.store(0, Relaxed);
@@ -230,6 +373,18 @@ impl Endpoint {
     }
 }
 
+/// One upstream query's slot at an endpoint; released (and counted out) on drop.
+pub struct InflightPermit<'a> {
+    endpoint: &'a Endpoint,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for InflightPermit<'_> {
+    fn drop(&mut self) {
+        self.endpoint.stats.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,24 +393,17 @@ mod tests {
     async fn ejection_and_readmission() {
         let e = Endpoint::new("127.0.0.1:53".parse().unwrap());
         let p = EjectionPolicy::default();
-        assert_eq!(e.record_failure(ErrorKind::Timeout, &p), None);
-        assert_eq!(e.record_failure(ErrorKind::Timeout, &p), None);
-        assert_eq!(
-            e.record_failure(ErrorKind::Timeout, &p),
-            Some(HealthChange::Ejected { for_duration: Duration::from_secs(2) })
-        );
+        assert_eq!(e.record_failure(&p), None);
+        assert_eq!(e.record_failure(&p), None);
+        assert_eq!(e.record_failure(&p), Some(HealthChange::Ejected { for_duration: Duration::from_secs(2) }));
         assert_eq!(e.health(), Health::Ejected);
         tokio::time::advance(Duration::from_millis(2100)).await;
         assert_eq!(e.health(), Health::Healthy);
         // On probation: one failure re-ejects, with a doubled backoff.
-        assert_eq!(
-            e.record_failure(ErrorKind::Timeout, &p),
-            Some(HealthChange::Ejected { for_duration: Duration::from_secs(4) })
-        );
+        assert_eq!(e.record_failure(&p), Some(HealthChange::Ejected { for_duration: Duration::from_secs(4) }));
         tokio::time::advance(Duration::from_millis(4100)).await;
         assert_eq!(e.record_success(Duration::from_millis(1)), Some(HealthChange::Readmitted));
         assert_eq!(e.health(), Health::Healthy);
-        assert_eq!(e.stats.error(ErrorKind::Timeout), 4);
         assert_eq!(e.ejections.load(Relaxed), 2);
     }
 
@@ -267,7 +415,7 @@ mod tests {
         // 30% failures, never two in a row.
         for i in 0..40 {
             let change = if i % 10 == 0 || i % 10 == 3 || i % 10 == 6 {
-                e.record_failure(ErrorKind::Timeout, &p)
+                e.record_failure(&p)
             } else {
                 e.record_success(Duration::from_millis(1))
             };
@@ -280,11 +428,7 @@ mod tests {
         // A healthy endpoint with a rare failure is not ejected.
         let h = Endpoint::new("127.0.0.2:53".parse().unwrap());
         for i in 0..200 {
-            let change = if i % 25 == 0 {
-                h.record_failure(ErrorKind::Timeout, &p)
-            } else {
-                h.record_success(Duration::from_millis(1))
-            };
+            let change = if i % 25 == 0 { h.record_failure(&p) } else { h.record_success(Duration::from_millis(1)) };
             assert_eq!(change, None);
         }
     }

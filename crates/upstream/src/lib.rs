@@ -6,9 +6,10 @@
 //! of one conntrack entry per query. With `transport: udp` each query gets a fresh socket and a
 //! random ID, and truncated answers are retried over TCP.
 //!
-//! Endpoints carry counters and a latency histogram for metrics, and a passive health state:
-//! consecutive failures eject an endpoint with exponential backoff; selection is power of two
-//! choices over in-flight queries weighted by mean latency.
+//! Endpoints carry counters and a latency histogram for metrics, a limit of queries in flight, and
+//! a health state judged only on evidence about the endpoint (see [`Evidence`]): a question that
+//! fails everywhere is the question's, never an endpoint's. Selection is power of two choices
+//! over in-flight queries weighted by mean latency.
 #![forbid(unsafe_code)]
 
 mod endpoint;
@@ -16,7 +17,10 @@ mod pool;
 mod tcp;
 mod udp;
 
-pub use endpoint::{EjectionPolicy, Endpoint, EndpointStats, ErrorKind, Health, HealthChange, LATENCY_BUCKETS};
+pub use endpoint::{
+    DEFAULT_MAX_INFLIGHT, EjectionPolicy, Endpoint, EndpointStats, ErrorKind, Evidence, Health, HealthChange,
+    InflightPermit, LATENCY_BUCKETS,
+};
 pub use pool::{EndpointRegistry, EndpointState, PoolConfig, Resolved, Transport, UpstreamError, UpstreamPool};
 
 use nodedns_cache::LowerName;

@@ -10,10 +10,10 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use nodedns_cache::CacheableAnswer;
+use nodedns_cache::{CacheableAnswer, LowerName};
 use nodedns_wire::{Ingested, UpstreamQuestion, ingest};
 
-use crate::endpoint::{EjectionPolicy, Endpoint, ErrorKind, Health, HealthChange};
+use crate::endpoint::{EjectionPolicy, Endpoint, ErrorKind, Evidence, Health, HealthChange};
 use crate::tcp::TcpPool;
 
 /// How queries reach the zone's upstreams.
@@ -31,12 +31,20 @@ pub struct PoolConfig {
     pub transport: Transport,
     /// Persistent TCP connections per endpoint.
     pub tcp_connections: usize,
-    /// Deadline for one attempt on one endpoint.
+    /// Deadline for one attempt on one endpoint (`query_timeout_ms`).
     pub query_timeout: Duration,
-    /// Endpoints tried per query (distinct where there are enough).
+    /// Deadline for every attempt of one question together (`query_budget_ms`): glibc gives up
+    /// after 5 s, so the question must be settled well before.
+    pub query_budget: Duration,
+    /// Attempts per question: the first and, when it fails, one on another endpoint.
     pub max_attempts: usize,
     /// Outstanding queries allowed on one TCP connection.
     pub max_pending_per_connection: usize,
+    /// Upstream queries in flight to one endpoint (`limits.max_upstream_inflight`).
+    pub max_inflight_per_endpoint: usize,
+    /// How long a query waits for an in-flight slot before it is shed
+    /// (`limits.upstream_queue_wait_ms`).
+    pub queue_wait: Duration,
     pub ejection: EjectionPolicy,
 }
 
@@ -45,9 +53,12 @@ impl Default for PoolConfig {
         Self {
             transport: Transport::Tcp,
             tcp_connections: 2,
-            query_timeout: Duration::from_secs(2),
-            max_attempts: 3,
+            query_timeout: Duration::from_secs(1),
+            query_budget: Duration::from_millis(2500),
+            max_attempts: 2,
             max_pending_per_connection: 4096,
+            max_inflight_per_endpoint: crate::endpoint::DEFAULT_MAX_INFLIGHT,
+            queue_wait: Duration::from_millis(100),
             ejection: EjectionPolicy::default(),
         }
     }
@@ -66,6 +77,10 @@ pub enum UpstreamError {
     NoEndpoints,
     #[error("every upstream endpoint is ejected")]
     AllEjected,
+    /// Every endpoint tried already holds its limit of queries in flight: shed, never a
+    /// resolution failure (no failure entry is cached for it).
+    #[error("every upstream endpoint is at its in-flight limit")]
+    Overloaded,
     #[error("every attempt failed; last failure: {}", .last.label())]
     Failed { last: ErrorKind, rcode: Option<u16> },
 }
@@ -97,7 +112,7 @@ impl EndpointRegistry {
         }
         states.retain(|_, w| w.strong_count() > 0);
         let s = Arc::new(EndpointState {
-            endpoint: Arc::new(Endpoint::new(addr)),
+            endpoint: Arc::new(Endpoint::with_limit(addr, config.max_inflight_per_endpoint)),
             tcp: TcpPool::new(config.tcp_connections, config.query_timeout, config.max_pending_per_connection),
         });
         states.insert(addr, Arc::downgrade(&s));
@@ -189,13 +204,11 @@ impl UpstreamPool {
         }
     }
 
-    /// Power of two choices among healthy, untried endpoints; falls back to ejected ones when
-    /// no healthy one is left, so a zone never stops trying entirely.
-    fn pick(&self, endpoints: &[Arc<EndpointState>], tried: &[usize]) -> Option<usize> {
-        let candidates: Vec<usize> = (0..endpoints.len()).filter(|i| !tried.contains(i)).collect();
-        let healthy: Vec<usize> =
-            candidates.iter().copied().filter(|&i| endpoints[i].endpoint.health() == Health::Healthy).collect();
-        let pool = if healthy.is_empty() { &candidates } else { &healthy };
+    /// Power of two choices among healthy, untried endpoints; `None` when none is left.
+    fn pick(&self, endpoints: &[Arc<EndpointState>], tried: Option<usize>) -> Option<usize> {
+        let pool: Vec<usize> = (0..endpoints.len())
+            .filter(|&i| Some(i) != tried && endpoints[i].endpoint.health() == Health::Healthy)
+            .collect();
         match pool.len() {
             0 => None,
             1 => Some(pool[0]),
@@ -211,9 +224,14 @@ impl UpstreamPool {
         }
     }
 
-    /// Resolves one question: tries up to `max_attempts` endpoints, each within
-    /// `query_timeout`; a UDP answer with TC is retried over TCP on the same endpoint.
+    /// Resolves one question within `query_budget`: one attempt, and when it fails, one more on
+    /// another endpoint (where the zone has one) before the failure is the name's. Each attempt
+    /// is bounded by `query_timeout` and by what is left of the budget.
+    ///
+    /// Health follows [`Evidence`]: the first endpoint's question-level failure counts against it
+    /// only if the second endpoint then answers; failing on both is the question's outcome.
     pub async fn resolve(&self, q: &UpstreamQuestion<'_>, bailiwick: &Name) -> Result<Resolved, UpstreamError> {
+        let deadline = Instant::now() + self.config.query_budget;
         let mut endpoints = self.endpoints();
         let fallback = self.fallback.read().clone();
         if !fallback.is_empty() && endpoints.iter().all(|e| e.endpoint.health() == Health::Ejected) {
@@ -222,62 +240,112 @@ impl UpstreamPool {
         if endpoints.is_empty() {
             return Err(UpstreamError::NoEndpoints);
         }
-        let attempts = self.config.max_attempts.max(1);
-        if endpoints.iter().all(|e| e.endpoint.health() == Health::Ejected) {
-            // Fail fast: every endpoint failed repeatedly and is backing off. The client gets
-            // SERVFAIL (or stale data) now instead of after timeouts; active probes re-admit
-            // endpoints as soon as they answer again.
+        // Fail fast when every endpoint answers nothing: the client gets SERVFAIL (or stale
+        // data) now instead of after timeouts; probes re-admit endpoints as soon as they answer.
+        let Some(first) = self.pick(&endpoints, None) else {
             return Err(UpstreamError::AllEjected);
+        };
+        let first_state = &endpoints[first];
+        let first_err = match self.attempt(first_state, q, bailiwick, deadline).await {
+            Ok(answer) => return Ok(Resolved { answer, endpoint: first_state.endpoint.addr }),
+            Err(e) => e,
+        };
+        let (kind, rcode) = first_err;
+        let peer = if self.config.max_attempts > 1 { self.pick(&endpoints, Some(first)) } else { None };
+        let retry_same = peer.is_none()
+            && self.config.max_attempts > 1
+            // UDP loses datagrams: the one endpoint gets the question once more. Over TCP
+            // nothing is lost, and asking a struggling upstream again only adds load (the retry
+            // storm behind the CoreDNS OOM outage).
+            && self.config.transport == Transport::Udp
+            && kind == ErrorKind::Timeout;
+        let second = match (peer, retry_same) {
+            (Some(i), _) => Some(i),
+            (None, true) => Some(first),
+            (None, false) => None,
+        };
+        let has_peers = endpoints.len() > 1;
+        let Some(second) = second.filter(|_| Instant::now() < deadline) else {
+            self.settle_unanswered(&endpoints, first, kind, has_peers);
+            return Err(failed(kind, rcode));
+        };
+        let second_state = &endpoints[second];
+        match self.attempt(second_state, q, bailiwick, deadline).await {
+            Ok(answer) => {
+                if second != first && kind.evidence() == Evidence::Question {
+                    // A peer answered what this endpoint failed: now it is the endpoint's.
+                    let ep = &first_state.endpoint;
+                    self.log_change(ep, ep.record_failure(&self.config.ejection), kind);
+                }
+                Ok(Resolved { answer, endpoint: second_state.endpoint.addr })
+            }
+            Err((kind2, rcode2)) => {
+                // Failed on two endpoints: the question's outcome, counted against neither.
+                // Shedding on one of them is ours, so the other's failure stays unsettled.
+                if kind2.evidence() == Evidence::Local && second != first {
+                    self.settle_unanswered(&endpoints, first, kind, has_peers);
+                }
+                if kind.evidence() == Evidence::Local && second != first {
+                    self.settle_unanswered(&endpoints, second, kind2, has_peers);
+                }
+                // Report the more telling failure: an upstream's rcode over our own shedding.
+                Err(if kind2 == ErrorKind::Overloaded { failed(kind, rcode) } else { failed(kind2, rcode2) })
+            }
         }
-        let started = Instant::now();
-        // At most two attempt-lengths in all, so the client (glibc waits 5 s) still gets an answer.
-        let budget = self.config.query_timeout.saturating_mul(2);
-        let mut tried = Vec::with_capacity(attempts);
-        let mut last = UpstreamError::Failed { last: ErrorKind::Timeout, rcode: None };
-        for _ in 0..attempts {
-            if tried.len() == endpoints.len() {
-                // Every endpoint was tried. Over TCP a timeout means the endpoint is slow, not
-                // that the query was lost, and SERVFAIL from all of them will not change: asking
-                // again only multiplies load on a struggling upstream (the retry storm that drove
-                // CoreDNS out of memory). Only a broken connection earns another try.
-                let retry = match last {
-                    UpstreamError::Failed { last: ErrorKind::Timeout, .. } => self.config.transport == Transport::Udp,
-                    UpstreamError::Failed { last: ErrorKind::Rcode, .. } => false,
-                    _ => true,
-                };
-                if !retry {
-                    break;
-                }
-                tried.clear();
-            }
-            if started.elapsed() >= budget {
-                break;
-            }
-            let Some(i) = self.pick(&endpoints, &tried) else {
-                break;
-            };
-            tried.push(i);
-            let state = &endpoints[i];
-            match self.attempt(state, q, bailiwick).await {
-                Ok(answer) => {
-                    return Ok(Resolved { answer, endpoint: state.endpoint.addr });
-                }
-                Err((kind, rcode)) => {
-                    last = UpstreamError::Failed { last: kind, rcode };
-                }
-            }
+    }
+
+    /// A question-level failure no peer settled: with peers, it enters the endpoint's outcome
+    /// window, and an endpoint whose failure share stands out from its peers' is ejected
+    /// ([`EjectionPolicy::outlier_factor`]). With one endpoint it counts against nothing: only
+    /// "answers nothing" ejects the only endpoint of a zone.
+    fn settle_unanswered(&self, endpoints: &[Arc<EndpointState>], i: usize, kind: ErrorKind, has_peers: bool) {
+        if kind.evidence() != Evidence::Question || !has_peers {
+            return;
         }
-        Err(last)
+        let ep = &endpoints[i].endpoint;
+        ep.record_unsettled_failure();
+        let Some(own) = ep.failure_percent() else { return };
+        let mut peers: Vec<u32> = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(j, e)| *j != i && e.endpoint.health() == Health::Healthy)
+            .filter_map(|(_, e)| e.endpoint.failure_percent())
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        peers.sort_unstable();
+        let median = peers[peers.len() / 2];
+        let policy = &self.config.ejection;
+        if own >= policy.outlier_min_percent && own >= median.saturating_mul(policy.outlier_factor).max(1) {
+            self.log_change(ep, ep.eject(policy), kind);
+        }
+    }
+
+    fn log_change(&self, ep: &Endpoint, change: Option<HealthChange>, last: ErrorKind) {
+        match change {
+            Some(HealthChange::Ejected { for_duration }) => warn!(
+                endpoint = %ep.addr,
+                backoff_ms = for_duration.as_millis() as u64,
+                last_error = last.label(),
+                "upstream endpoint ejected: it fails what its peers answer, or answers nothing"
+            ),
+            Some(HealthChange::Readmitted) => info!(endpoint = %ep.addr, "upstream endpoint re-admitted"),
+            None => {}
+        }
     }
 
     /// Sends one health probe to an ejected endpoint (outside client traffic); a success
-    /// re-admits it. Returns whether it answered.
+    /// re-admits it. Returns how many were re-admitted.
     pub async fn probe_ejected(&self, q: &UpstreamQuestion<'_>, bailiwick: &Name) -> usize {
         let mut readmitted = 0;
         let all = self.endpoints().iter().chain(self.fallback.read().iter()).cloned().collect::<Vec<_>>();
         for state in all.iter().filter(|s| s.endpoint.health() == Health::Ejected) {
+            // Probes count against the in-flight limit like any query; a full endpoint is busy
+            // answering, so the probe can wait for the next round.
+            let Some(_permit) = state.endpoint.acquire(Duration::ZERO).await else { continue };
             let started = Instant::now();
-            if self.exchange_and_ingest(state, q, bailiwick).await.is_ok()
+            if exchange_and_ingest(&self.config, state, q, bailiwick, started + self.config.query_timeout).await.is_ok()
                 && state.endpoint.record_success(started.elapsed()) == Some(HealthChange::Readmitted)
             {
                 info!(endpoint = %state.endpoint.addr, "upstream endpoint answered a health probe: re-admitted");
@@ -287,77 +355,150 @@ impl UpstreamPool {
         readmitted
     }
 
+    /// One attempt on one endpoint, bounded by `query_timeout` and `deadline`. Records only what
+    /// is certain now: an answer, or an unreachable endpoint; question-level failures are
+    /// settled by [`UpstreamPool::resolve`].
     async fn attempt(
         &self,
-        state: &EndpointState,
+        state: &Arc<EndpointState>,
         q: &UpstreamQuestion<'_>,
         bailiwick: &Name,
+        deadline: Instant,
     ) -> Result<CacheableAnswer, (ErrorKind, Option<u16>)> {
         let ep = &state.endpoint;
-        ep.stats.queries.fetch_add(1, Relaxed);
-        ep.stats.in_flight.fetch_add(1, Relaxed);
-        let started = Instant::now();
-        let result = self.exchange_and_ingest(state, q, bailiwick).await;
-        ep.stats.in_flight.fetch_sub(1, Relaxed);
-        let change = match &result {
-            Ok(_) => ep.record_success(started.elapsed()),
-            // An overloaded local connection is our limit, not the endpoint's fault.
-            Err((ErrorKind::Overloaded, _)) => {
-                ep.stats.error(ErrorKind::Overloaded);
-                None
-            }
-            Err((kind, _)) => ep.record_failure(*kind, &self.config.ejection),
+        let wait = self.config.queue_wait.min(deadline.saturating_duration_since(Instant::now()));
+        let Some(permit) = ep.acquire(wait).await else {
+            ep.count_failure(ErrorKind::Overloaded);
+            return Err((ErrorKind::Overloaded, None));
         };
-        match change {
-            Some(HealthChange::Ejected { for_duration }) => warn!(
-                endpoint = %ep.addr,
-                backoff_ms = for_duration.as_millis() as u64,
-                last_error = result.as_ref().err().map(|e| e.0.label()).unwrap_or(""),
-                "upstream endpoint ejected after consecutive failures"
-            ),
-            Some(HealthChange::Readmitted) => {
-                info!(endpoint = %ep.addr, "upstream endpoint re-admitted")
+        ep.stats.queries.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let attempt_deadline = (started + self.config.query_timeout).min(deadline);
+        let result = exchange_and_ingest(&self.config, state, q, bailiwick, attempt_deadline).await;
+        drop(permit);
+        match &result {
+            Ok(_) => self.log_change(ep, ep.record_success(started.elapsed()), ErrorKind::Timeout),
+            Err((kind, _)) => {
+                ep.count_failure(*kind);
+                match kind.evidence() {
+                    Evidence::Unreachable => self.log_change(ep, ep.record_failure(&self.config.ejection), *kind),
+                    Evidence::Question => {
+                        if *kind != ErrorKind::Timeout && *kind != ErrorKind::Closed {
+                            ep.note_response();
+                        }
+                        self.check_silence(state, bailiwick);
+                    }
+                    Evidence::Local => {}
+                }
             }
-            None => {}
         }
         result
     }
 
-    async fn exchange_and_ingest(
-        &self,
-        state: &EndpointState,
-        q: &UpstreamQuestion<'_>,
-        bailiwick: &Name,
-    ) -> Result<CacheableAnswer, (ErrorKind, Option<u16>)> {
-        let timeout = self.config.query_timeout;
-        let deadline = Instant::now() + timeout;
-        let mut use_tcp = self.config.transport == Transport::Tcp;
-        loop {
-            let resp = if use_tcp {
-                let conn = state.tcp.conn(&state.endpoint).await.map_err(|k| (k, None))?;
-                let left = deadline.saturating_duration_since(Instant::now());
-                match conn.exchange(q, left).await {
-                    // The connection died under the query: once more on a fresh one.
-                    Err(ErrorKind::Closed) if Instant::now() < deadline => {
-                        let conn = state.tcp.conn(&state.endpoint).await.map_err(|k| (k, None))?;
-                        conn.exchange(q, deadline.saturating_duration_since(Instant::now())).await
+    /// An endpoint that has sent nothing back for two attempt-lengths while queries were
+    /// outstanding may be dead rather than failing names: a liveness probe (the zone's SOA)
+    /// settles it. No answer to the probe either is evidence about the endpoint: ejected.
+    fn check_silence(&self, state: &Arc<EndpointState>, bailiwick: &Name) {
+        let ep = &state.endpoint;
+        if ep.silent_for() < self.config.query_timeout.saturating_mul(2) || !ep.begin_probe() {
+            return;
+        }
+        let (state, config, zone) = (state.clone(), self.config, bailiwick.clone());
+        tokio::spawn(async move {
+            let ep = &state.endpoint;
+            if let Some(probe) = LivenessProbe::for_zone(&zone)
+                && let Some(_permit) = ep.acquire(Duration::ZERO).await
+            {
+                let deadline = Instant::now() + config.query_timeout;
+                match exchange_and_ingest(&config, &state, &probe.question(), &zone, deadline).await {
+                    Err((ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Closed, _)) => {
+                        if let Some(HealthChange::Ejected { for_duration }) = ep.eject(&config.ejection) {
+                            warn!(
+                                endpoint = %ep.addr,
+                                backoff_ms = for_duration.as_millis() as u64,
+                                "upstream endpoint ejected: silent for two attempt-lengths and its liveness probe got no answer"
+                            );
+                        }
                     }
-                    other => other,
+                    _ => ep.note_response(),
                 }
-            } else {
-                crate::udp::exchange(&state.endpoint, q, timeout).await
             }
-            .map_err(|k| (k, None))?;
-            match ingest(&resp, q, bailiwick) {
-                Ok(Ingested::Answer(a)) => return Ok(a),
-                Ok(Ingested::Truncated) if !use_tcp => use_tcp = true,
-                Ok(Ingested::Truncated) => return Err((ErrorKind::Malformed, None)),
-                Ok(Ingested::Failure { rcode }) => return Err((ErrorKind::Rcode, Some(rcode))),
-                Err(nodedns_wire::IngestError::QuestionMismatch) => {
-                    return Err((ErrorKind::Mismatch, None));
+            ep.end_probe();
+        });
+    }
+}
+
+/// The question a liveness probe asks: the zone apex SOA, which every authoritative or
+/// forwarding server answers (or refuses) at once.
+struct LivenessProbe {
+    wire: Vec<u8>,
+}
+
+impl LivenessProbe {
+    fn for_zone(zone: &Name) -> Option<Self> {
+        let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&zone.to_lowercase()).ok()?;
+        LowerName::new(&wire).ok()?;
+        Some(Self { wire })
+    }
+
+    fn question(&self) -> UpstreamQuestion<'_> {
+        UpstreamQuestion {
+            // Checked in `for_zone`.
+            name: LowerName::new(&self.wire).unwrap_or_else(|_| unreachable!("validated in for_zone")),
+            qtype: 6,
+            qclass: 1,
+            dnssec_ok: false,
+            checking_disabled: false,
+        }
+    }
+}
+
+fn failed(kind: ErrorKind, rcode: Option<u16>) -> UpstreamError {
+    if kind == ErrorKind::Overloaded { UpstreamError::Overloaded } else { UpstreamError::Failed { last: kind, rcode } }
+}
+
+/// One exchange with one endpoint, answered by `deadline`; a UDP answer with TC is retried over
+/// TCP on the same endpoint within the same deadline.
+async fn exchange_and_ingest(
+    config: &PoolConfig,
+    state: &EndpointState,
+    q: &UpstreamQuestion<'_>,
+    bailiwick: &Name,
+    deadline: Instant,
+) -> Result<CacheableAnswer, (ErrorKind, Option<u16>)> {
+    let mut use_tcp = config.transport == Transport::Tcp;
+    loop {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let resp = if use_tcp {
+            // A connection that cannot be had by the deadline is a connect that timed out.
+            let conn = tokio::time::timeout(left(), state.tcp.conn(&state.endpoint))
+                .await
+                .map_err(|_| (ErrorKind::Connect, None))?
+                .map_err(|k| (k, None))?;
+            match conn.exchange(q, left()).await {
+                // The connection died under the query: once more on a fresh one.
+                Err(ErrorKind::Closed) if Instant::now() < deadline => {
+                    let conn = tokio::time::timeout(left(), state.tcp.conn(&state.endpoint))
+                        .await
+                        .map_err(|_| (ErrorKind::Connect, None))?
+                        .map_err(|k| (k, None))?;
+                    conn.exchange(q, left()).await
                 }
-                Err(_) => return Err((ErrorKind::Malformed, None)),
+                other => other,
             }
+        } else {
+            crate::udp::exchange(&state.endpoint, q, left()).await
+        }
+        .map_err(|k| (k, None))?;
+        match ingest(&resp, q, bailiwick) {
+            Ok(Ingested::Answer(a)) => return Ok(a),
+            Ok(Ingested::Truncated) if !use_tcp => use_tcp = true,
+            Ok(Ingested::Truncated) => return Err((ErrorKind::Malformed, None)),
+            Ok(Ingested::Failure { rcode }) => return Err((ErrorKind::Rcode, Some(rcode))),
+            Err(nodedns_wire::IngestError::QuestionMismatch) => {
+                return Err((ErrorKind::Mismatch, None));
+            }
+            Err(_) => return Err((ErrorKind::Malformed, None)),
         }
     }
 }

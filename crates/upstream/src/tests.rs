@@ -166,3 +166,163 @@ async fn servfail_is_a_failure_and_tries_the_next_endpoint() {
     assert!(matches!(r, Err(UpstreamError::Failed { last: ErrorKind::Rcode, rcode: Some(2) })), "{r:?}");
     assert!(a.log().len() + b.log().len() >= 2);
 }
+
+fn pool_with(addrs: &[SocketAddr], f: impl FnOnce(&mut PoolConfig)) -> Arc<UpstreamPool> {
+    let mut c = PoolConfig {
+        transport: Transport::Tcp,
+        tcp_connections: 1,
+        query_timeout: Duration::from_millis(300),
+        query_budget: Duration::from_millis(800),
+        ..PoolConfig::default()
+    };
+    f(&mut c);
+    Arc::new(UpstreamPool::new(addrs, c))
+}
+
+/// Issue #13: one name that SERVFAILs, REFUSEs or never answers on the only endpoint is that
+/// name's failure; the endpoint stays healthy and every other name resolves.
+#[tokio::test]
+async fn one_broken_name_never_ejects_the_only_endpoint() {
+    for broken in [Behaviour::ServFail, Behaviour::Refused, Behaviour::Drop] {
+        let up = FakeUpstream::start();
+        up.behaviour("broken.example", RecordType::A, broken.clone());
+        for i in 0..20 {
+            up.answer(&format!("n{i}.example"), RecordType::A, &["10.0.0.1"], 30);
+        }
+        let p = pool_with(&[up.addr()], |_| {});
+        let bw = wire("broken.example");
+        let (bq, root) = (q(&bw, 1), Name::root());
+        // Retries of the broken name, with other traffic flowing alongside (as on a node).
+        for round in 0..10 {
+            let (broken, fine) = tokio::join!(p.resolve(&bq, &root), async {
+                let w = wire(&format!("n{}.example", round % 20));
+                p.resolve(&q(&w, 1), &Name::root()).await
+            });
+            assert!(broken.is_err(), "{broken:?}");
+            assert!(fine.is_ok(), "{broken:?}: round {round}: {fine:?}");
+        }
+        assert_eq!(p.endpoints()[0].endpoint.health(), Health::Healthy, "{broken:?}");
+        for i in 0..20 {
+            let w = wire(&format!("n{i}.example"));
+            assert!(p.resolve(&q(&w, 1), &Name::root()).await.is_ok(), "{broken:?}: n{i}");
+        }
+    }
+}
+
+/// A name that fails on every endpoint counts against none; an endpoint failing what its peers
+/// answer is ejected.
+#[tokio::test]
+async fn a_peer_answering_is_what_makes_a_failure_the_endpoints() {
+    let ups: Vec<FakeUpstream> = (0..3).map(|_| FakeUpstream::start()).collect();
+    for up in &ups {
+        up.behaviour("broken.example", RecordType::A, Behaviour::ServFail);
+        for i in 0..40 {
+            up.answer(&format!("n{i}.example"), RecordType::A, &["10.0.0.1"], 30);
+        }
+    }
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr()).collect();
+    let p = pool_with(&addrs, |_| {});
+    let bw = wire("broken.example");
+    for _ in 0..30 {
+        assert!(p.resolve(&q(&bw, 1), &Name::root()).await.is_err());
+    }
+    assert!(p.endpoints().iter().all(|e| e.endpoint.health() == Health::Healthy), "a broken name ejected an endpoint");
+    // Now the first endpoint SERVFAILs everything: its peers answer, so it is ejected.
+    ups[0].set_default_behaviour(Behaviour::ServFail);
+    for i in 0..40 {
+        let w = wire(&format!("n{i}.example"));
+        let r = p.resolve(&q(&w, 1), &Name::root()).await;
+        assert!(r.is_ok(), "n{i}: {r:?}");
+    }
+    let eps = p.endpoints();
+    assert_eq!(eps[0].endpoint.health(), Health::Ejected);
+    assert!(eps[1..].iter().all(|e| e.endpoint.health() == Health::Healthy));
+}
+
+/// An endpoint that answers nothing at all is ejected even when it is the only one: it goes
+/// silent for two attempt-lengths and its liveness probe gets no answer.
+#[tokio::test]
+async fn a_silent_only_endpoint_is_ejected_by_its_liveness_probe() {
+    let up = FakeUpstream::start();
+    up.set_default_behaviour(Behaviour::Drop);
+    let p = pool_with(&[up.addr()], |_| {});
+    let started = std::time::Instant::now();
+    let mut ejected_after = None;
+    for i in 0..20 {
+        let w = wire(&format!("n{i}.example"));
+        let _ = p.resolve(&q(&w, 1), &Name::root()).await;
+        if p.endpoints()[0].endpoint.health() == Health::Ejected {
+            ejected_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let after = ejected_after.expect("a silent endpoint must be ejected");
+    // Silent for 2 × 300 ms, then a 300 ms probe: about 1 s, never the 20 attempts' 6 s.
+    assert!(after < Duration::from_secs(3), "{after:?}");
+    assert!(matches!(p.resolve(&q(&wire("later.example"), 1), &Name::root()).await, Err(UpstreamError::AllEjected)));
+}
+
+/// Issue #13 (5): never more than the limit in flight at one endpoint; over it a query waits
+/// `queue_wait`, then is shed as `Overloaded` — probes and retries included.
+#[tokio::test]
+async fn in_flight_limit_per_endpoint_is_never_exceeded() {
+    let up = FakeUpstream::start();
+    up.set_default_behaviour(Behaviour::Delay(Duration::from_millis(200)));
+    for i in 0..60 {
+        up.answer(&format!("n{i}.example"), RecordType::A, &["10.0.0.1"], 30);
+    }
+    let p = pool_with(&[up.addr()], |c| {
+        c.max_inflight_per_endpoint = 10;
+        c.queue_wait = Duration::from_millis(50);
+        c.query_timeout = Duration::from_secs(1);
+        c.query_budget = Duration::from_secs(2);
+    });
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let w = wire(&format!("n{i}.example"));
+            p.resolve(&q(&w, 1), &Name::root()).await
+        }));
+    }
+    let mut peak = 0;
+    let ep = p.endpoints()[0].endpoint.clone();
+    while !tasks.iter().all(|t| t.is_finished()) {
+        peak = peak.max(ep.in_flight());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(UpstreamError::Overloaded) => shed += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(peak <= 10, "peak {peak}");
+    assert_eq!(ok, 10, "the first ten got slots");
+    assert_eq!(shed, 50);
+    assert_eq!(up.log().len(), 10, "shed queries never reach the upstream");
+    assert_eq!(ep.health(), Health::Healthy, "our own limit is never the endpoint's fault");
+}
+
+/// Every attempt of one question fits the budget, however many endpoints time out.
+#[tokio::test]
+async fn attempts_fit_one_budget() {
+    let ups: Vec<FakeUpstream> = (0..3).map(|_| FakeUpstream::start()).collect();
+    for up in &ups {
+        up.set_default_behaviour(Behaviour::Drop);
+    }
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr()).collect();
+    let p = pool_with(&addrs, |c| {
+        c.query_timeout = Duration::from_millis(400);
+        c.query_budget = Duration::from_millis(600);
+    });
+    let started = std::time::Instant::now();
+    let r = p.resolve(&q(&wire("x.example"), 1), &Name::root()).await;
+    let took = started.elapsed();
+    assert!(r.is_err());
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    let asked: usize = ups.iter().map(|u| u.log().len()).sum();
+    assert_eq!(asked, 2, "one attempt and one retry on another endpoint");
+}

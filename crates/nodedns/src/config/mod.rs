@@ -91,7 +91,10 @@ pub struct ZoneConfig {
     pub transport: nodedns_upstream::Transport,
     pub ttl: TtlPolicy,
     pub tcp_connections: usize,
+    /// One attempt on one endpoint.
     pub query_timeout: Duration,
+    /// Every attempt for one client query together, the schema rule's SOA fetch included.
+    pub query_budget: Duration,
     pub discover: Option<Name>,
     pub discover_interval: Duration,
     pub kubernetes_schema: bool,
@@ -105,6 +108,8 @@ pub struct CacheConfig {
     pub max_stale: Ttl,
     pub stale_answer_timeout: Duration,
     pub prefetch: bool,
+    pub failure: nodedns_cache::FailurePolicy,
+    pub pair_wait: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +138,9 @@ pub struct Limits {
     pub tcp_idle_timeout: Duration,
     pub max_udp_payload: u16,
     pub per_client_qps: u32,
+    /// Upstream queries in flight to one endpoint.
+    pub max_upstream_inflight: usize,
+    pub upstream_queue_wait: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,12 +325,17 @@ impl Validator<'_> {
             max_ttl: Ttl::from_secs(max_ttl),
             denial_max_ttl: Ttl::from_secs(denial_max),
         };
+        // RFC 9520 §3.2: failures are cached at least 1 s and at most 5 minutes.
+        let failure_max = self.range("cache.failure_max_ttl_secs", c.failure_max_ttl_secs, 1, 300);
+        let pair_wait = self.range("cache.pair_wait_ms", c.pair_wait_ms, 0, 5_000);
         let cache = CacheConfig {
             max_bytes,
             ttl: cache_ttl,
             max_stale: Ttl::from_secs(max_stale),
             stale_answer_timeout: Duration::from_millis(stale_timeout),
             prefetch: c.prefetch,
+            failure: nodedns_cache::FailurePolicy { initial: Ttl::from_secs(1), max: Ttl::from_secs(failure_max) },
+            pair_wait: Duration::from_millis(pair_wait),
         };
 
         // Listeners.
@@ -453,7 +466,17 @@ impl Validator<'_> {
                 self.problem(&key("denial_max_ttl_secs"), format!("{zden} is below the zone's min_ttl_secs ({zmin})"));
             }
             let conns = self.range(&key("tcp_connections"), z.tcp_connections.unwrap_or(2), 1, 64);
-            let timeout = self.range(&key("query_timeout_ms"), z.query_timeout_ms.unwrap_or(2000), 50, 30_000);
+            // 1 s attempts leave room, inside the 2.5 s budget, for the retry on another endpoint
+            // that comes before a failure is cached; both stay well under glibc's 5 s timeout.
+            let timeout = self.range(&key("query_timeout_ms"), z.query_timeout_ms.unwrap_or(1000), 50, 30_000);
+            let budget =
+                self.range(&key("query_budget_ms"), z.query_budget_ms.unwrap_or(2500.max(timeout)), 50, 60_000);
+            if budget < timeout {
+                self.problem(
+                    &key("query_budget_ms"),
+                    format!("{budget} is below the zone's query_timeout_ms ({timeout})"),
+                );
+            }
             let discover = z.discover.as_ref().and_then(|d| match parse_zone_name(d) {
                 Ok(n) => Some(n),
                 Err(e) => {
@@ -493,6 +516,7 @@ impl Validator<'_> {
                 },
                 tcp_connections: conns as usize,
                 query_timeout: Duration::from_millis(timeout),
+                query_budget: Duration::from_millis(budget),
                 discover,
                 discover_interval: Duration::from_secs(interval as u64),
                 kubernetes_schema: z.kubernetes_schema,
@@ -540,6 +564,14 @@ impl Validator<'_> {
             ) as u64),
             max_udp_payload: self.range("limits.max_udp_payload_bytes", l.max_udp_payload_bytes, 512, 4096),
             per_client_qps: l.per_client_qps,
+            max_upstream_inflight: self.range("limits.max_upstream_inflight", l.max_upstream_inflight, 1, 1_000_000)
+                as usize,
+            upstream_queue_wait: Duration::from_millis(self.range(
+                "limits.upstream_queue_wait_ms",
+                l.upstream_queue_wait_ms,
+                0,
+                10_000,
+            )),
         };
 
         // Log.

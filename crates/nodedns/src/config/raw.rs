@@ -28,6 +28,10 @@ pub struct RawCache {
     pub max_stale_secs: u32,
     pub stale_answer_timeout_ms: u64,
     pub prefetch: bool,
+    /// Ceiling of the failure-entry backoff (RFC 9520: 1 s doubling, at most 5 minutes).
+    pub failure_max_ttl_secs: u32,
+    /// How long a pair member that has arrived waits for the other before it is answered alone.
+    pub pair_wait_ms: u64,
 }
 
 impl Default for RawCache {
@@ -40,6 +44,8 @@ impl Default for RawCache {
             max_stale_secs: 3600,
             stale_answer_timeout_ms: 400,
             prefetch: true,
+            failure_max_ttl_secs: 30,
+            pair_wait_ms: 300,
         }
     }
 }
@@ -77,6 +83,7 @@ pub struct RawZone {
     pub denial_max_ttl_secs: Option<u32>,
     pub tcp_connections: Option<u32>,
     pub query_timeout_ms: Option<u64>,
+    pub query_budget_ms: Option<u64>,
     /// A headless Service name resolved through this zone's upstreams to find its endpoints.
     pub discover: Option<String>,
     pub discover_interval_secs: Option<u32>,
@@ -168,6 +175,8 @@ pub struct RawLimits {
     pub tcp_idle_timeout_secs: u32,
     pub max_udp_payload_bytes: u16,
     pub per_client_qps: u32,
+    pub max_upstream_inflight: u32,
+    pub upstream_queue_wait_ms: u64,
 }
 
 impl Default for RawLimits {
@@ -180,6 +189,8 @@ impl Default for RawLimits {
             tcp_idle_timeout_secs: 10,
             max_udp_payload_bytes: 1232,
             per_client_qps: 0,
+            max_upstream_inflight: 1000,
+            upstream_queue_wait_ms: 100,
         }
     }
 }
