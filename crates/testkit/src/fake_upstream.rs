@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) tcp_connections_accepted: AtomicUsize,
     /// TCP connections accepted and not yet closed by either side.
     pub(crate) open_tcp_connections: AtomicUsize,
+    /// The overload model, if set, and what it saw.
+    pub(crate) overload: Arc<crate::overload::OverloadState>,
 }
 
 /// A programmable fake upstream DNS server (a stand-in for CoreDNS), serving UDP and TCP on one
@@ -199,6 +201,23 @@ impl FakeUpstream {
         if let Some(server) = server.as_mut() {
             server.set_udp_enabled(self.addr, enabled, CONTROL_TIMEOUT);
         }
+    }
+
+    /// Makes the upstream die of overload ([`OverloadModel`](crate::OverloadModel)): latency grows
+    /// with the queries it holds, and holding more than `die_above` kills it for `dead_for`.
+    /// `None` turns the model off.
+    pub fn set_overload(&self, model: Option<crate::OverloadModel>) {
+        self.shared.overload.set(model);
+    }
+
+    /// The most unanswered queries the upstream held at once while the overload model was set.
+    pub fn peak_held_queries(&self) -> usize {
+        self.shared.overload.peak.load(Ordering::SeqCst)
+    }
+
+    /// How many times the overload model killed the upstream.
+    pub fn overload_deaths(&self) -> usize {
+        self.shared.overload.deaths.load(Ordering::SeqCst)
     }
 
     /// Every query received since start or the last [`clear_log`](Self::clear_log), in arrival

@@ -14,6 +14,7 @@
 mod behaviour;
 mod client;
 mod fake_upstream;
+mod overload;
 mod responder;
 mod script;
 mod server;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 pub use behaviour::Behaviour;
 pub use client::{QueryError, exchange_tcp, exchange_udp, new_query, query_tcp, query_tcp_pipelined, query_udp};
 pub use fake_upstream::{FakeUpstream, LoggedQuery, Transport};
+pub use overload::OverloadModel;
 pub use responder::ADVERTISED_UDP_PAYLOAD_BYTES;
 
 /// `name` ("a.example" or "a.example.") as an uncompressed wire name: length-prefixed labels

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::fake_upstream::{Shared, Transport};
+use crate::overload::{Admission, HeldQuery};
 use crate::responder::{Outcome, respond};
 
 /// Largest UDP datagram; a query never comes close, but a short buffer would silently cut one.
@@ -179,16 +180,22 @@ async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket, mut commands: mpsc::U
                 let (Ok((length, peer)), Some(socket)) = (received, &socket) else { continue };
                 match respond(&shared, &datagram[..length], Transport::Udp, peer) {
                     Outcome::NoAnswer | Outcome::CloseConnection => {}
-                    Outcome::Respond { delay, wire } if delay.is_zero() => {
-                        let _ = socket.send_to(&wire, peer).await;
-                    }
-                    Outcome::Respond { delay, wire } => {
-                        let socket = Arc::clone(socket);
-                        delayed.spawn(async move {
-                            tokio::time::sleep(delay).await;
+                    Outcome::Respond { delay, wire } => match shared.overload.admit() {
+                        Admission::Drop => {}
+                        Admission::Unmodelled if delay.is_zero() => {
                             let _ = socket.send_to(&wire, peer).await;
-                        });
-                    }
+                        }
+                        admission => {
+                            let (extra, guard) = held(admission);
+                            let socket = Arc::clone(socket);
+                            delayed.spawn(async move {
+                                tokio::time::sleep(delay + extra).await;
+                                if guard.as_ref().is_none_or(HeldQuery::alive) {
+                                    let _ = socket.send_to(&wire, peer).await;
+                                }
+                            });
+                        }
+                    },
                 }
             }
             Some(_) = delayed.join_next(), if !delayed.is_empty() => {}
@@ -255,15 +262,21 @@ async fn serve_tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: 
                 Outcome::CloseConnection => return,
                 Outcome::Respond { delay, wire } => {
                     let Some(framed) = frame(&wire) else { continue };
-                    if delay.is_zero() {
-                        if stream.write_all(&framed).await.is_err() {
-                            return;
+                    match shared.overload.admit() {
+                        Admission::Drop => {}
+                        Admission::Unmodelled if delay.is_zero() => {
+                            if stream.write_all(&framed).await.is_err() {
+                                return;
+                            }
                         }
-                    } else {
-                        delayed.spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            framed
-                        });
+                        admission => {
+                            let (extra, guard) = held(admission);
+                            delayed.spawn(async move {
+                                tokio::time::sleep(delay + extra).await;
+                                // Dead since: the answer is lost, as with a killed process.
+                                if guard.as_ref().is_some_and(|g| !g.alive()) { Vec::new() } else { framed }
+                            });
+                        }
                     }
                 }
             }
@@ -279,12 +292,21 @@ async fn serve_tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: 
             },
             Some(answer) = delayed.join_next(), if !delayed.is_empty() => {
                 if let Ok(framed) = answer
+                    && !framed.is_empty()
                     && stream.write_all(&framed).await.is_err()
                 {
                     return;
                 }
             }
         }
+    }
+}
+
+/// The extra delay and guard of an admitted answer.
+fn held(admission: Admission) -> (Duration, Option<HeldQuery>) {
+    match admission {
+        Admission::Held { extra_delay, guard } => (extra_delay, Some(guard)),
+        Admission::Unmodelled | Admission::Drop => (Duration::ZERO, None),
     }
 }
 
