@@ -507,25 +507,85 @@ fn five_thousand_idle_and_five_hundred_slow_connections() {
     assert_serving(&d, "after the flood");
 }
 
+/// Waits until the daemon has read `n` more TCP queries than `before` (parsed and counted).
+fn wait_tcp_requests(d: &Daemon, before: f64, n: f64) {
+    let tcp_requests = || metric_sum(&d.metrics(), "nodedns_requests_total", &["proto=\"tcp\""]);
+    assert!(
+        wait_until(Duration::from_secs(3), || tcp_requests() >= before + n),
+        "the daemon read {} of {n} queries",
+        tcp_requests() - before
+    );
+}
+
 #[test]
-fn per_client_connection_cap_refuses_only_that_client() {
+fn per_client_connection_cap_closes_the_oldest_idle_connection_and_refuses_only_when_none_is_idle() {
     let up = upstream();
-    let d =
-        Daemon::start(&config(up.addr(), "tcp", "  tcp_idle_timeout_secs: 10\n  max_tcp_connections_per_client: 20"));
+    // Slow names keep queries outstanding: the attempt timeout (2 s) is longer than the part of
+    // the test that needs them in flight, the upstream's delay longer still.
+    let slow: Vec<String> = (0..19).map(|i| format!("slow{i}.ns.svc.cluster.local")).collect();
+    for name in &slow {
+        up.answer(name, RecordType::A, &["10.0.0.8"], 300);
+        up.behaviour(name, RecordType::A, Behaviour::Delay(Duration::from_secs(3)));
+    }
+    let cfg = config(up.addr(), "tcp", "  tcp_idle_timeout_secs: 10\n  max_tcp_connections_per_client: 20")
+        .replace("query_timeout_ms: 400", "query_timeout_ms: 2000");
+    let d = Daemon::start(&cfg);
+    let good = packets::query(GOOD, 1);
+
+    // 1. A client holding its maximum of idle connections is not locked out. The oldest one has a
+    //    partial frame (one byte of its length): busy, so the oldest *idle* one (the second) is
+    //    the one closed.
     let greedy = flood::client_ip(900);
-    let conns = flood::connect_all(&vec![greedy; 30], d.dns);
-    // The 10 over the cap (accepted last, in connect order) are closed at once; the first 20
-    // stay open.
-    let mut within = conns;
-    let mut over = within.split_off(20);
-    let closed = over.iter_mut().map(|c| wait_closed(c, T)).filter(Option::is_some).count();
-    assert_eq!(closed, 10, "{closed} of the 10 over-cap connections closed");
-    let open = within.iter_mut().map(|c| wait_closed(c, Duration::from_millis(50))).filter(Option::is_none).count();
-    assert_eq!(open, 20, "connections within the cap stay open");
-    assert!(shed(&d, "tcp_connections") >= 10.0);
-    // Another client is unaffected.
-    let r = tcp_exchange(d.dns, &packets::query(GOOD, 1), T).expect("another client is served");
+    let mut held = flood::connect_all(&vec![greedy; 20], d.dns);
+    held[0].write_all(&frame(&good)[..1]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut newer = flood::connect_all(&[greedy], d.dns).pop().unwrap();
+    let started = Instant::now();
+    newer.write_all(&frame(&good)).unwrap();
+    let answer = read_frame(&mut newer, Duration::from_secs(2)).expect("the new connection is answered within 2 s");
+    let took = started.elapsed();
+    assert_eq!(answer[3] & 0x0f, 0);
+    eprintln!("new connection at the per-client cap answered in {took:?}");
+    assert!(wait_closed(&mut held[1], Duration::from_secs(1)).is_some(), "the oldest idle connection is closed");
+    let still_open = held
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, c)| wait_closed(c, Duration::from_millis(50)))
+        .filter(Option::is_none)
+        .count();
+    assert_eq!(still_open, 19, "only one connection is closed for the new one");
+    // The busy one was kept with its partial frame: finishing it gets its answer.
+    held[0].write_all(&frame(&good)[1..]).unwrap();
+    let r = read_frame(&mut held[0], T).expect("the partial frame's query is answered");
     assert_eq!(r[3] & 0x0f, 0);
+    assert_eq!(shed(&d, "tcp_idle_evicted"), 1.0);
+    assert_eq!(shed(&d, "tcp_connections"), 0.0);
+
+    // 2. A client whose connections are all busy (one partial frame, 19 queries waiting on the
+    //    upstream) is refused the next one, as before.
+    let busy_client = flood::client_ip(901);
+    let mut busy = flood::connect_all(&vec![busy_client; 20], d.dns);
+    let before = metric_sum(&d.metrics(), "nodedns_requests_total", &["proto=\"tcp\""]);
+    busy[0].write_all(&frame(&good)[..1]).unwrap();
+    for (c, name) in busy[1..].iter_mut().zip(&slow) {
+        c.write_all(&frame(&packets::query(name, 1))).unwrap();
+    }
+    wait_tcp_requests(&d, before, 19.0);
+    let mut refused = flood::connect_all(&[busy_client], d.dns).pop().unwrap();
+    let _ = refused.write_all(&frame(&good));
+    assert!(read_frame(&mut refused, Duration::from_secs(1)).is_none(), "no answer over the cap when none is idle");
+    assert!(wait_closed(&mut refused, Duration::from_secs(1)).is_some(), "refused connection closed");
+    assert_eq!(shed(&d, "tcp_connections"), 1.0);
+    assert_eq!(shed(&d, "tcp_idle_evicted"), 1.0, "no busy connection was closed");
+
+    // 3. Another client is unaffected meanwhile.
+    let r = tcp_exchange(d.dns, &good, T).expect("another client is served");
+    assert_eq!(r[3] & 0x0f, 0);
+    // The busy connections were never closed: each gets an answer to its query (data, or
+    // SERVFAIL once the attempt timed out).
+    let answered = busy[1..].iter_mut().filter_map(|c| read_frame(c, Duration::from_secs(6))).count();
+    assert_eq!(answered, 19, "every outstanding query is answered on its connection");
 }
 
 #[test]

@@ -160,10 +160,12 @@ pub enum ShedReason {
     Draining = 4,
     /// Every endpoint of the zone holds `limits.max_upstream_inflight` queries.
     UpstreamInflight = 5,
+    /// An idle TCP connection closed to admit a new one at a connection cap (RFC 7766 §6.2.2).
+    TcpIdleEvicted = 6,
 }
 
-const SHED_REASONS: [&str; 6] =
-    ["inflight", "tcp_connections", "tcp_pipeline", "rate_limit", "draining", "upstream_inflight"];
+const SHED_REASONS: [&str; 7] =
+    ["inflight", "tcp_connections", "tcp_pipeline", "rate_limit", "draining", "upstream_inflight", "tcp_idle_evicted"];
 
 const REQUEST_BUCKETS: [f64; 14] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];

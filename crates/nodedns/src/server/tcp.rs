@@ -1,18 +1,19 @@
 //! TCP serving: many pipelined queries per connection, answered as they complete
 //! (RFC 7766 §6.2.1.1), with bounds on connections (total and per client), queries in flight per
-//! connection, and idle / slow-read time (slowloris).
+//! connection, and idle / slow-read time (slowloris). At a connection cap the oldest idle
+//! connection makes room for the new one (RFC 7766 §6.2.2).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, warn};
 
 use nodedns_wire::framing::{Peer, frame_len};
@@ -28,10 +29,104 @@ use crate::metrics::{CacheResult, Proto, ShedReason};
 
 /// Connection accounting shared by every TCP listener.
 pub struct TcpConnections {
-    total: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    registry: Mutex<Registry>,
     limits: Limits,
     warn: RateLimitedWarn,
+}
+
+/// Every open connection, by client and in accept order. All of it is bounded by
+/// `max_tcp_connections`: a client's list holds at most `max_tcp_connections_per_client`
+/// entries and disappears with its last connection, so many clients cost one entry per open
+/// connection, never more.
+#[derive(Default)]
+struct Registry {
+    /// Open connections, evicted ones excluded.
+    total: usize,
+    /// Each client's open connections, oldest first: the per-client cap picks its victim here.
+    per_client: HashMap<IpAddr, Vec<Arc<ConnState>>>,
+    /// Every connection, oldest first, for the global cap. Closed and evicted ones are dropped
+    /// from the front as they are met and the rest compacted when they make up half of it, so
+    /// it holds at most about twice the open connections.
+    all: VecDeque<Arc<ConnState>>,
+}
+
+/// At the global cap, how many of the oldest open connections are looked at for an idle one:
+/// the accept path stays O(1) when every old connection is busy (refused then, as before).
+const GLOBAL_VICTIM_SCAN: usize = 64;
+
+/// What the accept path knows of one connection: whether it is idle, and how to close it.
+struct ConnState {
+    /// The client, to find its list when the connection closes.
+    peer: IpAddr,
+    /// Frames being read, queries outstanding and answers being written on this connection:
+    /// 0 is idle, the only state in which it may be closed for a newer one (RFC 7766 §6.2.2:
+    /// a client must expect an idle connection to be closed; an answer it waits for must not
+    /// be lost).
+    busy: AtomicUsize,
+    /// Gone from the registry: closed, or evicted (its slot given to a newer connection).
+    gone: AtomicBool,
+    /// Wakes the connection's task to close it when evicted.
+    close: Notify,
+}
+
+/// Marks a connection busy while alive (see [`ConnState::busy`]).
+struct Busy(Arc<ConnState>);
+
+impl Busy {
+    fn new(state: &Arc<ConnState>) -> Busy {
+        state.busy.fetch_add(1, Relaxed);
+        Busy(state.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What the accept path decided for a new connection.
+enum Admission {
+    Admitted { guard: ConnGuard, evicted_idle: bool },
+    Refused,
+}
+
+impl Registry {
+    /// Takes `victim`'s slot away and tells its task to close: it is idle, so nothing is lost.
+    fn evict(&mut self, victim: &Arc<ConnState>) {
+        victim.gone.store(true, Relaxed);
+        self.forget(victim);
+        victim.close.notify_one();
+    }
+
+    /// Removes `conn` from its client's list (the global list is compacted lazily).
+    fn forget(&mut self, conn: &Arc<ConnState>) {
+        if let Some(list) = self.per_client.get_mut(&conn.peer) {
+            if let Some(i) = list.iter().position(|c| Arc::ptr_eq(c, conn)) {
+                list.remove(i);
+                self.total -= 1;
+            }
+            if list.is_empty() {
+                self.per_client.remove(&conn.peer);
+            }
+        }
+        while self.all.front().is_some_and(|c| c.gone.load(Relaxed)) {
+            self.all.pop_front();
+        }
+        if self.all.len() > 2 * self.total + GLOBAL_VICTIM_SCAN {
+            self.all.retain(|c| !c.gone.load(Relaxed));
+        }
+    }
+
+    /// The oldest idle connection among the oldest [`GLOBAL_VICTIM_SCAN`] open ones.
+    fn oldest_idle_anywhere(&self) -> Option<Arc<ConnState>> {
+        self.all
+            .iter()
+            .filter(|c| !c.gone.load(Relaxed))
+            .take(GLOBAL_VICTIM_SCAN)
+            .find(|c| c.busy.load(Relaxed) == 0)
+            .cloned()
+    }
 }
 
 impl TcpConnections {
@@ -39,47 +134,61 @@ impl TcpConnections {
         // The per-client rate limiter is shared with the UDP workers (see `ratelimit`).
         crate::ratelimit::install(limits.per_client_qps);
         Arc::new(Self {
-            total: AtomicUsize::new(0),
-            per_client: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
             limits,
             warn: RateLimitedWarn::new(Duration::from_secs(10)),
         })
     }
 
     pub fn open(&self) -> usize {
-        self.total.load(Relaxed)
+        self.registry.lock().total
     }
 
-    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<ConnGuard> {
-        let mut per = self.per_client.lock();
-        if self.total.load(Relaxed) >= self.limits.max_tcp_connections {
-            return None;
+    /// Admits a connection from `peer`. At a cap, the client's (per-client cap) or anyone's
+    /// (global cap) oldest idle connection is closed to make room (RFC 7766 §6.2.2): a client
+    /// that keeps many idle connections, or a pool that opened them and lost track, is never
+    /// locked out. Only when none of them is idle is the new connection refused.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Admission {
+        let mut reg = self.registry.lock();
+        let mine = reg.per_client.get(&peer).map_or(0, Vec::len);
+        let victim = if mine >= self.limits.max_tcp_connections_per_client {
+            let list = reg.per_client.get(&peer).map(Vec::as_slice).unwrap_or_default();
+            match list.iter().find(|c| c.busy.load(Relaxed) == 0) {
+                Some(v) => Some(v.clone()),
+                None => return Admission::Refused,
+            }
+        } else if reg.total >= self.limits.max_tcp_connections {
+            match reg.oldest_idle_anywhere() {
+                Some(v) => Some(v),
+                None => return Admission::Refused,
+            }
+        } else {
+            None
+        };
+        if let Some(v) = &victim {
+            reg.evict(v);
         }
-        let n = per.entry(peer).or_insert(0);
-        if *n >= self.limits.max_tcp_connections_per_client {
-            return None;
-        }
-        *n += 1;
-        self.total.fetch_add(1, Relaxed);
-        Some(ConnGuard { conns: self.clone(), peer })
+        let state =
+            Arc::new(ConnState { peer, busy: AtomicUsize::new(0), gone: AtomicBool::new(false), close: Notify::new() });
+        reg.per_client.entry(peer).or_default().push(state.clone());
+        reg.all.push_back(state.clone());
+        reg.total += 1;
+        Admission::Admitted { guard: ConnGuard { conns: self.clone(), state }, evicted_idle: victim.is_some() }
     }
 }
 
 struct ConnGuard {
     conns: Arc<TcpConnections>,
-    peer: IpAddr,
+    state: Arc<ConnState>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let mut per = self.conns.per_client.lock();
-        if let Some(n) = per.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                per.remove(&self.peer);
-            }
+        let mut reg = self.conns.registry.lock();
+        // An evicted connection's slot was already given away.
+        if !self.state.gone.swap(true, Relaxed) {
+            reg.forget(&self.state);
         }
-        self.conns.total.fetch_sub(1, Relaxed);
     }
 }
 
@@ -104,20 +213,29 @@ pub async fn run_listener(
                 continue;
             }
         };
-        let Some(guard) = conns.admit(peer.ip()) else {
-            engine.metrics.shed(ShedReason::TcpConnections);
-            if conns.warn.allow() {
-                warn!(client = %peer.ip(), "TCP connection refused: connection limit reached");
+        let guard = match conns.admit(peer.ip()) {
+            Admission::Admitted { guard, evicted_idle } => {
+                if evicted_idle {
+                    engine.metrics.shed(ShedReason::TcpIdleEvicted);
+                    debug!(client = %peer.ip(), "closed an idle TCP connection to admit a new one");
+                }
+                guard
             }
-            drop(stream);
-            continue;
+            Admission::Refused => {
+                engine.metrics.shed(ShedReason::TcpConnections);
+                if conns.warn.allow() {
+                    warn!(client = %peer.ip(), "TCP connection refused: connection limit reached, none idle");
+                }
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let engine = engine.clone();
         let limits = conns.limits.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, engine, limits, stop).await;
+            serve_connection(stream, peer, engine, limits, stop, &guard.state).await;
             drop(guard);
         });
     }
@@ -131,12 +249,27 @@ async fn write_frame(writer: &tokio::sync::Mutex<OwnedWriteHalf>, frame: &[u8], 
 
 /// Reads one frame into `buf`, sized to the frame: an idle connection holds no buffer at all, and
 /// one that sent a large frame gives the memory back after it (see [`release_if_large`]).
-async fn read_frame(read: &mut OwnedReadHalf, buf: &mut Vec<u8>, timeout: Duration) -> Result<usize, &'static str> {
+/// The connection is busy from the frame's first byte on (the returned [`Busy`]): a partial
+/// frame is a query on its way, and the connection is not closed for a newer one under it.
+async fn read_frame(
+    read: &mut OwnedReadHalf,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+    state: &Arc<ConnState>,
+) -> Result<(usize, Busy), &'static str> {
     let mut len = [0u8; 2];
-    match tokio::time::timeout(timeout, read.read_exact(&mut len)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(_)) => return Err("closed"),
+    let first = match tokio::time::timeout(timeout, read.read(&mut len)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => return Err("closed"),
+        Ok(Ok(n)) => n,
         Err(_) => return Err("idle"),
+    };
+    let busy = Busy::new(state);
+    if first < 2 {
+        match tokio::time::timeout(timeout, read.read_exact(&mut len[1..])).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err("closed"),
+            Err(_) => return Err("idle"),
+        }
     }
     let len = frame_len(len, Peer::Client).map_err(|e| e.label())?;
     buf.clear();
@@ -144,7 +277,7 @@ async fn read_frame(read: &mut OwnedReadHalf, buf: &mut Vec<u8>, timeout: Durati
     // The body must follow within the idle timeout too: a frame that announces more than the
     // client sends (or sends one byte a minute) is closed, not waited on (slowloris).
     match tokio::time::timeout(timeout, read.read_exact(&mut buf[..len])).await {
-        Ok(Ok(_)) => Ok(len),
+        Ok(Ok(_)) => Ok((len, busy)),
         Ok(Err(_)) => Err("short_frame"),
         Err(_) => Err("slow_frame"),
     }
@@ -185,6 +318,7 @@ async fn serve_connection(
     engine: Arc<Engine>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
+    state: &Arc<ConnState>,
 ) {
     let (mut read, write) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(write));
@@ -194,11 +328,16 @@ async fn serve_connection(
     loop {
         release_if_large(&mut inbuf);
         release_if_large(&mut outbuf);
-        let n = tokio::select! {
+        // `_busy` lives until this frame is answered, or handed to its miss task.
+        let (n, _busy) = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
-            r = read_frame(&mut read, &mut inbuf, limits.tcp_idle_timeout) => match r {
-                Ok(n) => n,
+            _ = state.close.notified() => {
+                debug!(client = %peer, "closing idle TCP connection: the client opened a newer one at the cap");
+                break;
+            }
+            r = read_frame(&mut read, &mut inbuf, limits.tcp_idle_timeout, state) => match r {
+                Ok(r) => r,
                 Err(reason) => {
                     if reason != "closed" && reason != "idle" {
                         engine.metrics.malformed(reason);
@@ -268,6 +407,7 @@ async fn serve_connection(
         };
         let packet = packet.to_vec();
         let qtype = query.qtype;
+        let outstanding = Busy::new(state);
         let engine = engine.clone();
         let writer = writer.clone();
         let timeout = limits.tcp_idle_timeout;
@@ -285,6 +425,7 @@ async fn serve_connection(
                 write_frame(&writer, &frame, timeout).await;
             }
             drop(permit);
+            drop(outstanding);
         });
     }
     // Answers still in flight hold the writer; the socket closes when the last one is sent.
