@@ -434,3 +434,91 @@ fn setup_failures_are_counted_by_kind_and_serving_continues() {
     assert!(failures >= 2.0, "initial apply and resyncs counted: {failures}; log:\n{}", d.log());
     assert_eq!(lab.pod_whoami(LINK_LOCAL, false), "upstream", "serving continues");
 }
+
+/// A directory of stand-ins for every firewall tool nodedns may run (`nft`, and `iptables` /
+/// `ip6tables` with their `-save` / `-restore` forms, unsuffixed, `-nft` and `-legacy`), each
+/// failing as a missing or broken tool would. Put first in the daemon's PATH; removing the
+/// directory brings the real tools back.
+fn failing_firewall_tools(lab: &Lab) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = lab.dir.join("failing-tools");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut names = vec!["nft".to_string()];
+    for tool in ["iptables", "ip6tables"] {
+        for variant in ["", "-nft", "-legacy"] {
+            for form in ["", "-save", "-restore"] {
+                names.push(format!("{tool}{variant}{form}"));
+            }
+        }
+    }
+    for name in names {
+        let path = dir.join(name);
+        std::fs::write(&path, "#!/bin/sh\necho 'tool unavailable (test stand-in)' >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn without_working_firewall_tools_the_node_is_served_and_the_rules_follow_when_they_work() {
+    // The shipped `firewall: auto` on a node where no firewall tool works at start (missing from
+    // the image, failing, the xtables lock held): DNS on the node address anyway, the failure
+    // counted and retried at every resync (1 s here), the rules in as soon as the tools work.
+    let Some(lab) = lab(KubeProxy::IptablesNft) else { return };
+    let tools = failing_firewall_tools(&lab);
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+    );
+    let started = Instant::now();
+    let mut d = NodeDaemon::spawn(&lab, &NodeConfig::new("auto", &[LINK_LOCAL]), &[], &[("PATH", path)]);
+    // dig's shortest timeout is 1 s: ask once the daemon says it serves, not before.
+    let first = time_until(Duration::from_secs(2), || {
+        d.log().contains("nodedns serving") && lab.pod_whoami(LINK_LOCAL, false) == "upstream"
+    })
+    .map(|_| started.elapsed())
+    .unwrap_or_else(|| panic!("no answer on {LINK_LOCAL} within 2 s of start; log:\n{}", d.log()));
+    eprintln!("first pod answer on {LINK_LOCAL} {first:?} after start, without firewall tools");
+    assert!(first < Duration::from_secs(2));
+    let errors = || d.metric("nodedns_node_setup_errors_total", &["kind=\"firewall_tool\""]);
+    assert!(errors() >= 1.0, "the failure is counted; log:\n{}", d.log());
+    // Every kind exists from the start (at 0 unless it failed): increase() sees a first failure.
+    let m = d.metrics();
+    for kind in ["nftables", "iptables", "interface", "address"] {
+        assert!(m.contains(&format!("nodedns_node_setup_errors_total{{kind=\"{kind}\"}} 0")), "{kind}: {m}");
+    }
+    assert!(d.log().contains("node setup incomplete"), "and logged:\n{}", d.log());
+    assert_eq!(ipt_rules(&lab, "iptables-nft-save"), (0, 0));
+    assert!(!ns_ok(&lab.node, "nft list tables").contains("nodedns"));
+    // Retried at every resync: the counter keeps rising while the tools fail.
+    let before = errors();
+    assert!(
+        time_until(Duration::from_millis(2500), || errors() > before).is_some(),
+        "retried within a resync; log:\n{}",
+        d.log()
+    );
+    eprintln!("setup errors counted while the tools failed: {}", errors());
+
+    // The tools work again: the rules are in within one resync. Auto picks iptables here (no
+    // kube-proxy nftables table; `iptables -V` works), kube-proxy's variant (nf_tables).
+    std::fs::remove_dir_all(&tools).unwrap();
+    let took = time_until(Duration::from_millis(2500), || ipt_rules(&lab, "iptables-nft-save") == (8, 4))
+        .unwrap_or_else(|| panic!("rules not in within one resync (1 s) + margin; log:\n{}", d.log()));
+    eprintln!("rules in place {took:?} after the tools work again (1 s resync)");
+    assert!(
+        time_until(Duration::from_secs(2), || d.log().contains("node setup complete")).is_some(),
+        "the recovery is logged:\n{}",
+        d.log()
+    );
+    let settled = errors();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(errors(), settled, "no failures once the rules are in");
+    eprintln!("nodedns_node_setup_errors_total{{kind=\"firewall_tool\"}} = {settled}");
+    // Now pod queries bypass conntrack.
+    ns_ok(&lab.node, "conntrack -F 2>/dev/null; true");
+    assert_eq!(lab.pod_whoami(LINK_LOCAL, false), "upstream");
+    let ct = lab.conntrack();
+    assert!(dns_entries_to(&ct, &[LINK_LOCAL]).is_empty(), "NOTRACK in effect:\n{ct}");
+    assert_eq!(d.terminate(), Some(0), "log:\n{}", d.log());
+}

@@ -59,6 +59,17 @@ pub enum NodeError {
 }
 
 impl NodeError {
+    /// Every label [`NodeError::kind`] returns, so the counter can show each at 0 from the start
+    /// (an alert on `increase()` cannot see a series whose first sample is already 1).
+    pub const KINDS: &'static [&'static str] =
+        &["spec", "interface", "interface_kind", "address", "iptables", "nftables", "firewall_tool", "host_lease"];
+
+    /// Whether this is about the firewall rules only: the interface and addresses are in place
+    /// and DNS is served on them, without the conntrack bypass.
+    pub fn is_firewall(&self) -> bool {
+        matches!(self, NodeError::Firewall { .. } | NodeError::NoFirewallTool(_) | NodeError::Lease(_))
+    }
+
     /// A label from a small fixed set, for the setup-error counter.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -63,6 +63,22 @@ pub use spec::{FirewallBackend, FirewallMode, InterfaceKind, InterfaceName, Node
 use link::LocalInterface;
 use spec::ValidSpec;
 
+/// [`FirewallMode::Auto`]'s choice (see [`NodeSetup::new`]).
+fn detect_backend() -> Result<FirewallBackend, NodeError> {
+    match nft::kube_proxy_uses_nftables() {
+        Some(true) => Ok(FirewallBackend::Nftables),
+        nft_usable => {
+            if iptables::available() {
+                Ok(FirewallBackend::Iptables)
+            } else if nft_usable.is_some() {
+                Ok(FirewallBackend::Nftables)
+            } else {
+                Err(NodeError::NoFirewallTool("`nft list tables` and `iptables -V` both failed".to_owned()))
+            }
+        }
+    }
+}
+
 /// What [`NodeSetup::apply`] had to (re)create; all-zero on a node already in shape.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Repairs {
@@ -85,8 +101,11 @@ impl Repairs {
 #[derive(Debug)]
 pub struct NodeSetup {
     spec: ValidSpec,
-    /// `None` for [`FirewallMode::None`].
-    firewall: Option<FirewallBackend>,
+    /// The backend in use: the configured one, or for [`FirewallMode::Auto`] the one probing
+    /// found. `None` for [`FirewallMode::None`], and for `Auto` while no tool works yet (probed
+    /// again on every apply: a missing or failing tool must not take DNS away, see
+    /// [`NodeSetup::new`]).
+    firewall: Mutex<Option<FirewallBackend>>,
     /// The iptables variant the last apply used (re-detected on every apply; see
     /// `iptables.rs`). `None` before the first apply and for the nftables backend.
     iptables_variant: Mutex<Option<IptablesVariant>>,
@@ -100,7 +119,12 @@ impl NodeSetup {
     ///    `table ip6 kube-proxy` exists): such nodes may have no iptables at all;
     /// 2. iptables if `iptables -V` works: kube-proxy's iptables mode (or anything else
     ///    iptables-based) then sees our filter ACCEPTs in the same chains, as with node-cache;
-    /// 3. nftables if `nft` works; otherwise [`NodeError::NoFirewallTool`].
+    /// 3. nftables if `nft` works.
+    ///
+    /// When neither tool works (missing from the image, failing, a held lock), the backend
+    /// stays unresolved and every [`NodeSetup::apply`] probes again, failing with
+    /// [`NodeError::NoFirewallTool`] after setting up the interface and addresses: DNS is served
+    /// without the rules meanwhile. Only an invalid spec is an error here.
     ///
     /// Either backend's raw-priority NOTRACK works alongside the other's rules (both run
     /// before conntrack), so a wrong guess costs consistency, not correctness.
@@ -112,27 +136,27 @@ impl NodeSetup {
             FirewallMode::None => None,
             FirewallMode::Iptables => Some(FirewallBackend::Iptables),
             FirewallMode::Nftables => Some(FirewallBackend::Nftables),
-            FirewallMode::Auto => Some(match nft::kube_proxy_uses_nftables() {
-                Some(true) => FirewallBackend::Nftables,
-                nft_usable => {
-                    if iptables::available() {
-                        FirewallBackend::Iptables
-                    } else if nft_usable.is_some() {
-                        FirewallBackend::Nftables
-                    } else {
-                        return Err(NodeError::NoFirewallTool(
-                            "`nft list tables` and `iptables -V` both failed".to_owned(),
-                        ));
-                    }
-                }
-            }),
+            FirewallMode::Auto => detect_backend().ok(),
         };
-        Ok(NodeSetup { spec, firewall, iptables_variant: Mutex::new(None) })
+        Ok(NodeSetup { spec, firewall: Mutex::new(firewall), iptables_variant: Mutex::new(None) })
     }
 
-    /// The firewall backend in use (`None` for [`FirewallMode::None`]).
+    /// The firewall backend in use (`None` for [`FirewallMode::None`], and for
+    /// [`FirewallMode::Auto`] until a tool works).
     pub fn firewall_backend(&self) -> Option<FirewallBackend> {
-        self.firewall
+        *self.firewall.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backend to apply rules with: `Ok(None)` for no rules at all
+    /// ([`FirewallMode::None`]); for an unresolved `Auto`, probes again.
+    fn backend_for_apply(&self) -> Result<Option<FirewallBackend>, NodeError> {
+        let mut current = self.firewall.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() && self.spec.firewall == FirewallMode::Auto {
+            let found = detect_backend()?;
+            tracing::info!(firewall = %found, "firewall tool found");
+            *current = Some(found);
+        }
+        Ok(*current)
     }
 
     /// The iptables variant in use (`None` before the first apply, or with nftables).
@@ -159,7 +183,7 @@ impl NodeSetup {
     /// the others. Opens a netlink socket on the calling thread (its network namespace).
     /// Renew it every [`RENEW_EVERY`] while serving; stop renewing when no longer serving.
     pub fn host_client_lease(&self) -> Option<Result<HostClientLease, NodeError>> {
-        match self.firewall {
+        match self.firewall_backend() {
             Some(FirewallBackend::Nftables) => Some(HostClientLease::new(&self.spec.targets)),
             _ => None,
         }
@@ -195,7 +219,7 @@ impl NodeSetup {
         let iface = self.local_interface();
         let (index, interface_created) = iface.ensure_up(&handle).await?;
         let addresses_added = iface.ensure_addresses(&handle, index, &self.addresses()).await?;
-        let rules_restored = match self.firewall {
+        let rules_restored = match self.backend_for_apply()? {
             None => false,
             Some(FirewallBackend::Nftables) => nft::apply(&self.spec.targets)?,
             Some(FirewallBackend::Iptables) => iptables::apply(self.iptables_variant_for_apply()?, &self.spec.targets)?,
@@ -211,7 +235,7 @@ impl NodeSetup {
     /// then the interface with its addresses. Never touches other rules. Only call it when
     /// no other nodedns instance on the node still serves (rolling update).
     pub async fn teardown(&self) -> Result<(), NodeError> {
-        match self.firewall {
+        match self.firewall_backend() {
             None => {}
             Some(FirewallBackend::Nftables) => nft::teardown()?,
             Some(FirewallBackend::Iptables) => {

@@ -73,12 +73,20 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     let engine = Engine::new(&serving, metrics.clone());
     register_scraped(&metrics, &engine);
 
-    // Node setup first, so the addresses exist when we bind (FREEBIND covers the other order).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Node setup first, so the addresses normally exist when we bind (FREEBIND covers the other
+    // order). Only an invalid spec (a config error) stops the start: a failing apply (no
+    // firewall tool, a held lock, no interface) is counted, logged and retried at every
+    // resync while DNS is served, and the start waits for the first apply only briefly.
     let node = match &config.node {
         Some(n) => {
             let setup = Arc::new(nodedns_node::NodeSetup::new(crate::node_setup::spec(n, &config))?);
-            // A failed first apply is retried by resync; serving must not wait for it.
-            let _ = crate::node_setup::apply(&setup, &metrics, true).await;
+            let first =
+                crate::node_setup::spawn_resync(setup.clone(), n.resync_interval, metrics.clone(), stop_rx.clone())
+                    .map_err(RunError::Runtime)?;
+            if tokio::time::timeout(crate::node_setup::FIRST_APPLY_WAIT, first).await.is_err() {
+                warn!("node setup is still running; serving meanwhile");
+            }
             Some(setup)
         }
         None => None,
@@ -156,7 +164,6 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
         Err(e) => warn!(error = %e, "cannot drop capabilities"),
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let control = WorkerControl::new(listeners.udp.len());
     // The hand-off queue holds at most `max_inflight` jobs (about 100 bytes each): a burst of
     // identical misses (10,000 clients asking one name at once) is queued and coalesced, not
@@ -211,10 +218,6 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     }
     tokio::spawn(probe_until_answered(engine.clone(), stop_rx.clone(), started));
     tokio::spawn(engine.clone().probe_ejected_loop(stop_rx.clone()));
-    if let (Some(setup), Some(n)) = (&node, &config.node) {
-        crate::node_setup::spawn_resync(setup.clone(), n.resync_interval, metrics.clone(), stop_rx.clone())
-            .map_err(RunError::Runtime)?;
-    }
     if let Some(path) = &opts.config_path {
         tokio::spawn(crate::reload::watch_from(
             path.clone(),

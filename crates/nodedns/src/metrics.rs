@@ -273,6 +273,10 @@ impl Metrics {
         };
         let malformed = vec(MALFORMED, "Queries answered with an error without lookup, by reason.", &["reason"]);
         let node_setup_errors = vec(NODE_SETUP_ERRORS, "Node setup or resync failures, by kind.", &["kind"]);
+        // Every kind exists at 0 from the start, so an alert on increase() sees the first failure.
+        for kind in nodedns_node::NodeError::KINDS {
+            node_setup_errors.with_label_values(&[kind]);
+        }
         let config_reloads = vec(CONFIG_RELOADS, "Config reloads, by result.", &["result"]);
         let local_synthesized = vec(
             LOCAL_SYNTHESIZED,
@@ -329,6 +333,9 @@ impl Metrics {
                 &["errortype"],
             ));
             reg(Box::new(setup_errors.clone()));
+            for kind in nodedns_node::NodeError::KINDS {
+                setup_errors.with_label_values(&[kind]);
+            }
             CorednsMetrics { requests, responses, duration, hits, misses, setup_errors }
         });
 

@@ -4,12 +4,15 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
-use nodedns_node::{NodeError, NodeSetup, NodeSetupSpec, Repairs};
+use nodedns_node::{NodeError, NodeSetup, NodeSetupSpec};
 
 use crate::config::{Config, NodeConfig};
+use crate::logging::RateLimitedWarn;
 use crate::metrics::Metrics;
 
 pub fn spec(node: &NodeConfig, config: &Config) -> NodeSetupSpec {
@@ -34,67 +37,128 @@ fn count_error(metrics: &Metrics, e: &NodeError) {
     metrics.node_setup_error(e.kind());
 }
 
-/// Applies the setup once; logs and counts what had to be repaired.
-pub async fn apply(setup: &NodeSetup, metrics: &Metrics, initial: bool) -> Result<Repairs, NodeError> {
+/// How long the start waits for the first apply before binding and serving anyway. An apply
+/// takes milliseconds; a held xtables lock makes `iptables-restore -w` wait seconds, and DNS
+/// must not wait for it (the rules follow as soon as the apply completes).
+pub const FIRST_APPLY_WAIT: Duration = Duration::from_secs(1);
+
+/// Between applies: whether setup is incomplete, to warn (rate-limited) while it is and to
+/// say once when it is complete again.
+struct SetupState {
+    /// Whether an apply has run yet: the first one logs what it set up.
+    started: bool,
+    /// Failed applies since the last complete one.
+    failures: u64,
+    /// When the current failure streak began.
+    failing_since: Option<Instant>,
+    warn: RateLimitedWarn,
+}
+
+/// Applies the setup once; logs and counts what had to be repaired, or what failed.
+///
+/// A failure never stops serving (see README "Node integration"): the interface and addresses
+/// come before the rules, so with a firewall tool missing or failing (no binary, no kernel
+/// module, the xtables lock held) DNS is served on the node addresses without the conntrack
+/// bypass — conntrack races beat no DNS — and with the interface itself failing, on `listen`
+/// only. Each failure is counted (`nodedns_node_setup_errors_total{kind}`) and retried at the
+/// next resync.
+async fn apply(setup: &NodeSetup, metrics: &Metrics, state: &mut SetupState, interval: Duration) -> bool {
+    let initial = !std::mem::replace(&mut state.started, true);
     match setup.apply().await {
         Ok(r) => {
             if r.any() {
                 metrics
                     .node_repairs
                     .inc_by(r.interface_created as u64 + r.addresses_added as u64 + r.rules_restored as u64);
-                if initial {
-                    info!(
-                        interface = setup.interface().as_str(),
-                        firewall = ?setup.firewall_backend(),
-                        "node setup applied"
-                    );
-                } else {
-                    warn!(
-                        interface_created = r.interface_created,
-                        addresses_added = r.addresses_added,
-                        rules_restored = r.rules_restored,
-                        "node setup had drifted and was repaired"
-                    );
-                }
             }
-            Ok(r)
+            if let Some(since) = state.failing_since.take() {
+                info!(
+                    failed_attempts = state.failures,
+                    incomplete_secs = since.elapsed().as_secs(),
+                    interface = setup.interface().as_str(),
+                    firewall = ?setup.firewall_backend(),
+                    "node setup complete: interface, addresses and conntrack-bypass rules in place"
+                );
+            } else if initial {
+                info!(interface = setup.interface().as_str(), firewall = ?setup.firewall_backend(), "node setup applied");
+            } else if r.any() {
+                warn!(
+                    interface_created = r.interface_created,
+                    addresses_added = r.addresses_added,
+                    rules_restored = r.rules_restored,
+                    "node setup had drifted and was repaired"
+                );
+            }
+            state.failures = 0;
+            true
         }
         Err(e) => {
             count_error(metrics, &e);
-            error!(error = %e, kind = e.kind(), "node setup failed");
-            Err(e)
+            state.failures += 1;
+            state.failing_since.get_or_insert_with(Instant::now);
+            if state.warn.allow() {
+                let serving = if e.is_firewall() {
+                    "serving on the node addresses without the conntrack-bypass rules"
+                } else {
+                    "serving on the listen addresses; the node addresses get no traffic until the interface is up"
+                };
+                warn!(
+                    error = %e,
+                    kind = e.kind(),
+                    failed_attempts = state.failures,
+                    retry_secs = interval.as_secs(),
+                    "node setup incomplete: {serving}; retrying at every resync"
+                );
+            }
+            false
         }
     }
 }
 
-/// Runs [`resync_loop`] on its own thread: the netlink futures are not `Send`, and node setup
-/// must never compete with the DNS runtime anyway. With the nftables backend, also renews the
-/// host-client lease on a second thread (see [`renew_host_client_lease`]).
+impl SetupState {
+    fn new() -> Self {
+        Self { started: false, failures: 0, failing_since: None, warn: RateLimitedWarn::new(Duration::from_secs(10)) }
+    }
+}
+
+/// Starts node setup on its own thread: the first apply at once, then one every `interval`
+/// (see [`resync_loop`]); the netlink futures are not `Send`, and node setup must never compete
+/// with the DNS runtime anyway. The returned receiver fires when the first apply has finished
+/// (successfully or not): the start waits for it at most [`FIRST_APPLY_WAIT`].
 pub fn spawn_resync(
     setup: Arc<NodeSetup>,
-    interval: std::time::Duration,
+    interval: Duration,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    if let Some(lease) = setup.host_client_lease() {
-        match lease {
-            Ok(lease) => {
-                let (metrics, stop) = (metrics.clone(), stop.clone());
-                std::thread::Builder::new()
-                    .name("nodedns-lease".into())
-                    .spawn(move || renew_host_client_lease(lease, &metrics, &stop))?;
-            }
-            Err(e) => {
-                count_error(&metrics, &e);
-                error!(error = %e, "host-network clients will use kube-proxy's path (no lease)");
-            }
-        }
-    }
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let (first_tx, first_rx) = oneshot::channel();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new()
         .name("nodedns-resync".into())
-        .spawn(move || rt.block_on(resync_loop(setup, interval, metrics, stop)))?;
-    Ok(())
+        .spawn(move || rt.block_on(resync_loop(setup, interval, metrics, stop, first_tx)))?;
+    Ok(first_rx)
+}
+
+/// With the nftables backend, renews the host-client lease on a thread of its own (see
+/// [`renew_host_client_lease`]); started once the rules are in (the lease renews elements of
+/// our table, which does not exist before).
+fn start_host_client_lease(setup: &NodeSetup, metrics: &Arc<Metrics>, stop: &watch::Receiver<bool>) {
+    let Some(lease) = setup.host_client_lease() else { return };
+    match lease {
+        Ok(lease) => {
+            let (metrics, stop) = (metrics.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name("nodedns-lease".into())
+                .spawn(move || renew_host_client_lease(lease, &metrics, &stop));
+            if let Err(e) = spawned {
+                error!(error = %e, "cannot start the host-client lease thread");
+            }
+        }
+        Err(e) => {
+            count_error(metrics, &e);
+            error!(error = %e, "host-network clients will use kube-proxy's path (no lease)");
+        }
+    }
 }
 
 /// Renews the host-client lease every [`nodedns_node::RENEW_EVERY`] until `stop`: while it is
@@ -125,21 +189,33 @@ fn renew_host_client_lease(mut lease: nodedns_node::HostClientLease, metrics: &M
     }
 }
 
-/// Re-applies the setup every `interval` until `stop` turns true.
-pub async fn resync_loop(
+/// Applies the setup at once, then every `interval` until `stop` turns true; `first` fires
+/// after the first apply. An incomplete setup is retried at every tick until it is complete.
+async fn resync_loop(
     setup: Arc<NodeSetup>,
-    interval: std::time::Duration,
+    interval: Duration,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
+    first: oneshot::Sender<()>,
 ) {
+    let mut state = SetupState::new();
+    let mut first = Some(first);
+    let mut lease_started = false;
     let mut tick = tokio::time::interval(interval);
-    tick.tick().await;
+    // An apply that waited out a lock must not be followed by a burst of catch-up applies.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {
-                let _ = apply(&setup, &metrics, false).await;
-            }
+            _ = tick.tick() => {}
+        }
+        let complete = apply(&setup, &metrics, &mut state, interval).await;
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
+        if complete && !lease_started {
+            lease_started = true;
+            start_host_client_lease(&setup, &metrics, &stop);
         }
     }
 }

@@ -337,6 +337,14 @@ impl NodeDaemon {
 
     /// Like [`NodeDaemon::start`], running the binary under `wrapper` (e.g. `setpriv ...`).
     pub fn start_wrapped(lab: &Lab, config: &NodeConfig, wrapper: &[&str]) -> NodeDaemon {
+        let d = NodeDaemon::spawn(lab, config, wrapper, &[]);
+        d.wait_ready(Duration::from_secs(10));
+        d
+    }
+
+    /// Starts nodedns in the node namespace with `env` added to its environment, without
+    /// waiting for anything.
+    pub fn spawn(lab: &Lab, config: &NodeConfig, wrapper: &[&str], env: &[(&str, String)]) -> NodeDaemon {
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
         let dir = lab.dir.join(format!("nodedns-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -352,14 +360,13 @@ impl NodeDaemon {
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", std::env::var("NODEDNS_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("spawn nodedns");
-        let d = NodeDaemon { child: Some(child), node: lab.node.clone(), admin_port: config.admin_port, log };
-        d.wait_ready(Duration::from_secs(10));
-        d
+        NodeDaemon { child: Some(child), node: lab.node.clone(), admin_port: config.admin_port, log }
     }
 
     pub fn log(&self) -> String {
