@@ -237,3 +237,34 @@ fn reload_applies_new_ttls_and_upstreams_keeps_the_cache_and_rejects_bad_files()
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_unusable_handover_socket_path_gives_a_serving_daemon_and_a_warning_naming_it() {
+    // Optional parts degrade: a handover socket that cannot be used costs the next rollout its
+    // zero-loss handover, never this start (it used to stop with "cannot bind listeners: No
+    // such file or directory").
+    let up = FakeUpstream::start();
+    up.answer("ok.example", RecordType::A, &["192.0.2.1"], 300);
+    let dir = std::env::temp_dir().join(format!("nodedns-bad-handover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A directory that cannot be created (its parent is a file), and a path that is not a socket.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a directory, not a socket\n").unwrap();
+    for path in [file.join("handover.sock"), file.clone()] {
+        let mut d = Daemon::spawn(&config(up.addr(), path.to_str().unwrap(), 30), &[]);
+        d.wait_ready(Duration::from_secs(10));
+        let r = query_udp(d.dns, "ok.example", RecordType::A, Duration::from_secs(3)).unwrap();
+        assert_eq!(r.answers.len(), 1, "{}: serving", path.display());
+        let log = d.log();
+        let warning = log.lines().find(|l| l.contains("handover_socket is unusable")).unwrap_or_default();
+        assert!(warning.contains(path.to_str().unwrap()), "{}: warning naming the path:\n{log}", path.display());
+        d.signal(15);
+        assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{log}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "not a directory, not a socket\n",
+            "what is at the path is left alone"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -125,8 +125,10 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     };
     let inherited = !received.is_empty();
     let listeners = Listeners::adopt_or_bind(&config.listen, workers, received).map_err(RunError::Bind)?;
+    // Whether we serve handovers at `server.handover_socket` (then the socket file is ours to
+    // remove on exit). An unusable path costs the next rollout its zero-loss handover, not DNS.
+    let mut serving_handover = false;
     if let Some(path) = &config.server.handover_socket {
-        let dups = listeners.duplicates().map_err(RunError::Bind)?;
         let source = engine.clone();
         let export: crate::handover::CacheExport = Box::new(move |w| {
             let mut failed = None;
@@ -142,7 +144,18 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
             });
             failed.map_or(Ok(n), Err)
         });
-        crate::handover::serve(path, dups, handed_over.clone(), export).map_err(RunError::Bind)?;
+        let served = listeners
+            .duplicates()
+            .map_err(|source| crate::handover::HandoverError::Io { path: path.clone(), source })
+            .and_then(|dups| crate::handover::serve(path, dups, handed_over.clone(), export));
+        match served {
+            Ok(()) => serving_handover = true,
+            Err(e) => warn!(
+                path = %path.display(),
+                error = %e,
+                "server.handover_socket is unusable: serving without it; the next rollout binds fresh sockets"
+            ),
+        }
     }
     let own_udp_inodes: Vec<u64> = listeners.udp.iter().filter_map(|(_, s)| socket_inode(s)).collect();
     let mut admin_listeners = Vec::new();
@@ -253,7 +266,7 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     if engine.waiting() > 0 {
         warn!(waiting = engine.waiting(), "drain deadline reached with queries still waiting");
     }
-    if let Some(path) = &config.server.handover_socket {
+    if let Some(path) = config.server.handover_socket.as_ref().filter(|_| serving_handover) {
         crate::handover::remove_if_ours(path, &handed_over);
     }
     if let (Some(setup), Some(n)) = (&node, &config.node)

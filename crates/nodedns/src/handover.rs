@@ -14,6 +14,7 @@
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -103,23 +104,39 @@ pub fn receive(path: &Path) -> Result<Received, HandoverError> {
 
 /// Serves handover requests on `path` with duplicates of `sockets`, on a background thread.
 /// `handed_over` is set once a successor has received them.
+///
+/// Fails (and changes nothing) when the path cannot be used: its directory cannot be created,
+/// something other than a socket is there (never replaced: it is not ours), or binding is not
+/// permitted. The caller serves anyway; only the next rollout loses the zero-loss handover.
 pub fn serve(
     path: &Path,
     sockets: Vec<OwnedFd>,
     handed_over: Arc<AtomicBool>,
     export: CacheExport,
-) -> std::io::Result<()> {
+) -> Result<(), HandoverError> {
+    let io = |source| HandoverError::Io { path: path.into(), source };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(io(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket")));
+        }
+        _ => {}
     }
     // Bind beside the final name and rename over it: a predecessor's socket file is replaced
     // atomically, so a third process never finds no socket at all.
     let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)?;
-    std::fs::rename(&tmp, path)?;
+    let listener = UnixListener::bind(&tmp).map_err(io)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     let path = path.to_path_buf();
-    std::thread::Builder::new().name("nodedns-handover".into()).spawn(move || {
+    let thread_path = path.clone();
+    let spawned = std::thread::Builder::new().name("nodedns-handover".into()).spawn(move || {
+        let path = thread_path;
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
@@ -155,7 +172,11 @@ pub fn serve(
                 Err(e) => warn!(error = %e, "socket handover failed"),
             }
         }
-    })?;
+    });
+    if let Err(e) = spawned {
+        let _ = std::fs::remove_file(&path);
+        return Err(HandoverError::Io { path, source: e });
+    }
     Ok(())
 }
 
