@@ -589,6 +589,34 @@ fn per_client_connection_cap_closes_the_oldest_idle_connection_and_refuses_only_
 }
 
 #[test]
+fn global_connection_cap_closes_the_oldest_idle_connection_for_a_new_client() {
+    let up = upstream();
+    let d = Daemon::start(&config(up.addr(), "tcp", "  tcp_idle_timeout_secs: 10\n  max_tcp_connections: 10"));
+    let good = packets::query(GOOD, 1);
+    // Ten clients, one idle connection each, fill the global cap; the oldest has a partial frame.
+    let sources: Vec<_> = (910..920).map(flood::client_ip).collect();
+    let mut held = flood::connect_all(&sources, d.dns);
+    held[0].write_all(&frame(&good)[..1]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // An eleventh client gets in: the oldest idle connection (another client's) makes room.
+    let mut newer = flood::connect_all(&[flood::client_ip(920)], d.dns).pop().unwrap();
+    newer.write_all(&frame(&good)).unwrap();
+    let answer = read_frame(&mut newer, Duration::from_secs(2)).expect("a new client is answered at the global cap");
+    assert_eq!(answer[3] & 0x0f, 0);
+    assert!(wait_closed(&mut held[1], Duration::from_secs(1)).is_some(), "the oldest idle connection is closed");
+    let still_open = held
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, c)| wait_closed(c, Duration::from_millis(50)))
+        .filter(Option::is_none)
+        .count();
+    assert_eq!(still_open, 9, "only one connection is closed for the new one");
+    assert_eq!(shed(&d, "tcp_idle_evicted"), 1.0);
+    assert_eq!(shed(&d, "tcp_connections"), 0.0);
+}
+
+#[test]
 fn per_client_rate_limit_refuses_over_the_rate_and_only_that_client() {
     let up = upstream();
     let d = Daemon::start(&config(up.addr(), "tcp", "  tcp_idle_timeout_secs: 10\n  per_client_qps: 20"));
