@@ -522,3 +522,35 @@ fn without_working_firewall_tools_the_node_is_served_and_the_rules_follow_when_t
     assert!(dns_entries_to(&ct, &[LINK_LOCAL]).is_empty(), "NOTRACK in effect:\n{ct}");
     assert_eq!(d.terminate(), Some(0), "log:\n{}", d.log());
 }
+
+#[test]
+fn without_the_interface_listen_is_served_and_the_node_address_follows_when_the_interface_exists() {
+    // `interface_kind: dummy` on a kernel without it: the interface cannot be created. nodedns
+    // serves on `listen`, counts and retries; once a link of that name exists (here made by hand)
+    // the next resync adopts it, adds the address and the rules, and pods are answered there.
+    let Some(lab) = lab(KubeProxy::IptablesNft) else { return };
+    if ns_sh(&lab.node, "ip link add nodedns-probe type dummy && ip link del nodedns-probe").status.success() {
+        eprintln!("SKIP: this kernel supports dummy links; the interface fault cannot be staged this way");
+        return;
+    }
+    let mut config = NodeConfig::new("nftables", &[LINK_LOCAL]);
+    config.interface_kind = "dummy";
+    config.listen = vec!["127.0.0.1:5353"];
+    let d = NodeDaemon::start(&lab, &config);
+    assert!(!interface_present(&lab));
+    let local = ns_sh(&lab.node, "dig +short +time=1 +tries=1 -p 5353 @127.0.0.1 svc1.default.svc.cluster.local");
+    assert_eq!(String::from_utf8_lossy(&local.stdout).trim(), "10.0.0.2", "served on listen; log:\n{}", d.log());
+    let errors = || d.metric("nodedns_node_setup_errors_total", &["kind=\"interface_kind\""]);
+    assert!(errors() >= 1.0, "counted; log:\n{}", d.log());
+    assert!(!ns_ok(&lab.node, "nft list tables").contains("nodedns"), "no rules before the address exists");
+
+    ns_ok(&lab.node, "ip link add nodelocaldns type bridge");
+    // Within a resync (1 s) plus a lost dig (1 s).
+    let took = time_until(Duration::from_millis(3500), || lab.pod_whoami(LINK_LOCAL, false) == "upstream")
+        .unwrap_or_else(|| {
+            panic!("not served on {LINK_LOCAL} within a resync of the interface existing:\n{}", d.log())
+        });
+    eprintln!("pods answered on {LINK_LOCAL} {took:?} after the interface appeared (1 s resync)");
+    assert!(time_until(Duration::from_secs(2), || nft_rules(&lab) > 0).is_some(), "rules follow");
+    assert!(d.log().contains("node setup complete"), "{}", d.log());
+}

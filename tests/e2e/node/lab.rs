@@ -279,17 +279,29 @@ pub struct NodeConfig {
     pub firewall: &'static str,
     pub admin_port: u16,
     pub teardown_on_exit: bool,
+    /// `bridge` (the sandbox kernel has no `dummy`), or `dummy` to make creation fail here.
+    pub interface_kind: &'static str,
+    /// `listen` addresses besides the node addresses.
+    pub listen: Vec<&'static str>,
 }
 
 impl NodeConfig {
     pub fn new(firewall: &'static str, addresses: &[&'static str]) -> NodeConfig {
-        NodeConfig { addresses: addresses.to_vec(), firewall, admin_port: 9253, teardown_on_exit: true }
+        NodeConfig {
+            addresses: addresses.to_vec(),
+            firewall,
+            admin_port: 9253,
+            teardown_on_exit: true,
+            interface_kind: "bridge",
+            listen: Vec::new(),
+        }
     }
 
     fn render(&self) -> String {
         let addrs: Vec<String> = self.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        let listen: Vec<String> = self.listen.iter().map(|a| format!("\"{a}\"")).collect();
         format!(
-            r#"listen: []
+            r#"listen: [{listen}]
 zones:
   - name: cluster.local
     upstreams: ["{UPSTREAM}:53"]
@@ -302,7 +314,7 @@ admin:
   listen: "127.0.0.1:{admin}"
 node:
   interface: nodelocaldns
-  interface_kind: bridge
+  interface_kind: {kind}
   addresses: [{addrs}]
   firewall: {fw}
   resync_interval_secs: 1
@@ -315,6 +327,8 @@ server:
             addrs = addrs.join(", "),
             fw = self.firewall,
             teardown = self.teardown_on_exit,
+            kind = self.interface_kind,
+            listen = listen.join(", "),
         )
     }
 }
