@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};

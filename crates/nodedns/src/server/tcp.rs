@@ -50,8 +50,9 @@ struct Registry {
     all: VecDeque<Arc<ConnState>>,
 }
 
-/// At the global cap, how many of the oldest open connections are looked at for an idle one:
-/// the accept path stays O(1) when every old connection is busy (refused then, as before).
+/// At the global cap, how many of the oldest open connections are looked at for an idle one
+/// (plus closed ones not yet compacted away): the accept path stays cheap when every old
+/// connection is busy (the new one is refused then, as before).
 const GLOBAL_VICTIM_SCAN: usize = 64;
 
 /// What the accept path knows of one connection: whether it is idle, and how to close it.
@@ -93,6 +94,8 @@ enum Admission {
 
 impl Registry {
     /// Takes `victim`'s slot away and tells its task to close: it is idle, so nothing is lost.
+    /// (A query whose first byte arrives in the instant between the choice and the close is
+    /// lost with the connection, as with any server close; the client retries.)
     fn evict(&mut self, victim: &Arc<ConnState>) {
         victim.gone.store(true, Relaxed);
         self.forget(victim);
