@@ -433,3 +433,84 @@ async fn serve_connection(
     }
     // Answers still in flight hold the writer; the socket closes when the last one is sent.
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conns(total: usize, per_client: usize) -> Arc<TcpConnections> {
+        // Built directly: `TcpConnections::new` also installs the process-wide rate limiter.
+        Arc::new(TcpConnections {
+            registry: Mutex::new(Registry::default()),
+            limits: Limits {
+                max_inflight: 10,
+                max_tcp_connections: total,
+                max_tcp_connections_per_client: per_client,
+                max_pipelined_per_connection: 8,
+                tcp_idle_timeout: Duration::from_secs(10),
+                max_udp_payload: 1232,
+                per_client_qps: 0,
+            },
+            warn: RateLimitedWarn::new(Duration::from_secs(10)),
+        })
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn admitted(a: Admission) -> (ConnGuard, bool) {
+        match a {
+            Admission::Admitted { guard, evicted_idle } => (guard, evicted_idle),
+            Admission::Refused => panic!("refused"),
+        }
+    }
+
+    #[test]
+    fn per_client_cap_evicts_that_clients_oldest_idle_and_refuses_when_all_are_busy() {
+        let c = conns(100, 3);
+        let held: Vec<_> = (0..3).map(|_| admitted(c.admit(ip(1))).0).collect();
+        let other = admitted(c.admit(ip(2))).0;
+        let _busy = Busy::new(&held[0].state);
+        let (newer, evicted) = admitted(c.admit(ip(1)));
+        assert!(evicted);
+        assert!(held[1].state.gone.load(Relaxed), "the oldest idle one, not the busy older one");
+        assert!(!held[0].state.gone.load(Relaxed) && !held[2].state.gone.load(Relaxed));
+        assert!(!other.state.gone.load(Relaxed), "other clients are never touched");
+        assert_eq!(c.open(), 4);
+        // The evicted connection's task ends later: its guard must not free a second slot.
+        drop(held);
+        assert_eq!(c.open(), 2);
+        let _b = Busy::new(&newer.state);
+        let again: Vec<_> = (0..2).map(|_| admitted(c.admit(ip(1))).0).collect();
+        let _all_busy: Vec<_> = again.iter().map(|g| Busy::new(&g.state)).collect();
+        assert!(matches!(c.admit(ip(1)), Admission::Refused), "every connection busy");
+        assert_eq!(c.open(), 4);
+    }
+
+    #[test]
+    fn global_cap_evicts_the_oldest_idle_connection_of_anyone() {
+        let c = conns(3, 10);
+        let a = admitted(c.admit(ip(1))).0;
+        let b = admitted(c.admit(ip(2))).0;
+        let _c = admitted(c.admit(ip(3))).0;
+        let _busy = Busy::new(&a.state);
+        let (_d, evicted) = admitted(c.admit(ip(4)));
+        assert!(evicted && b.state.gone.load(Relaxed) && !a.state.gone.load(Relaxed));
+        assert_eq!(c.open(), 3);
+    }
+
+    #[test]
+    fn bookkeeping_stays_bounded_under_churn_behind_a_long_lived_connection() {
+        let c = conns(1000, 1000);
+        let _long_lived = admitted(c.admit(ip(1))).0;
+        for i in 0..100_000u32 {
+            let g = admitted(c.admit(ip((i % 200) as u8 + 2))).0;
+            drop(g);
+        }
+        let reg = c.registry.lock();
+        assert_eq!(reg.total, 1);
+        assert_eq!(reg.per_client.len(), 1, "a client's entry leaves with its last connection");
+        assert!(reg.all.len() <= 2 + GLOBAL_VICTIM_SCAN, "global list: {} entries", reg.all.len());
+    }
+}
