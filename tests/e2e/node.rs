@@ -554,3 +554,41 @@ fn without_the_interface_listen_is_served_and_the_node_address_follows_when_the_
     assert!(time_until(Duration::from_secs(2), || nft_rules(&lab) > 0).is_some(), "rules follow");
     assert!(d.log().contains("node setup complete"), "{}", d.log());
 }
+
+#[test]
+fn with_a_failing_nft_the_node_is_served_and_the_table_and_host_lease_follow_when_it_works() {
+    // `firewall: nftables` with `nft` failing at start: the link-local address is served, the
+    // ClusterIP goes to kube-dns through kube-proxy meanwhile (nothing NOTRACKs it), and once
+    // `nft` works the table is in within a resync and the host-client lease starts with it.
+    let Some(lab) = lab(KubeProxy::IptablesNft) else { return };
+    let tools = failing_firewall_tools(&lab);
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+    );
+    let started = Instant::now();
+    let d = NodeDaemon::spawn(&lab, &NodeConfig::new("nftables", &[LINK_LOCAL, CLUSTER_IP]), &[], &[("PATH", path)]);
+    let first = time_until(Duration::from_secs(2), || {
+        d.log().contains("nodedns serving") && lab.pod_whoami(LINK_LOCAL, false) == "upstream"
+    })
+    .map(|_| started.elapsed())
+    .unwrap_or_else(|| panic!("no answer on {LINK_LOCAL} within 2 s of start; log:\n{}", d.log()));
+    eprintln!("first pod answer on {LINK_LOCAL} {first:?} after start, with nft failing");
+    let errors = |kind: &str| d.metric("nodedns_node_setup_errors_total", &[&format!("kind=\"{kind}\"")]);
+    assert!(errors("nftables") >= 1.0, "counted; log:\n{}", d.log());
+    assert_eq!(lab.pod_whoami(CLUSTER_IP, false), "kube-dns", "the ClusterIP fails open to kube-dns meanwhile");
+
+    std::fs::remove_dir_all(&tools).unwrap();
+    let expected = 2 * 2 * 4 + 2 * 2;
+    let took = time_until(Duration::from_millis(2500), || nft_rules(&lab) == expected)
+        .unwrap_or_else(|| panic!("table not in within one resync (1 s) + margin; log:\n{}", d.log()));
+    eprintln!("nftables table in {took:?} after nft works again; nftables errors counted: {}", errors("nftables"));
+    assert_eq!(lab.pod_whoami(CLUSTER_IP, false), "upstream");
+    assert!(
+        time_until(Duration::from_secs(2), || lab.node_whoami(CLUSTER_IP, false) == "upstream").is_some(),
+        "host-network clients of the ClusterIP reach nodedns: the lease runs; log:\n{}",
+        d.log()
+    );
+    assert_eq!(errors("host_lease"), 0.0, "the lease is not renewed before its table exists");
+}
