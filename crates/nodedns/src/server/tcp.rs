@@ -450,6 +450,8 @@ mod tests {
                 tcp_idle_timeout: Duration::from_secs(10),
                 max_udp_payload: 1232,
                 per_client_qps: 0,
+                max_upstream_inflight: 1000,
+                upstream_queue_wait: Duration::from_millis(100),
             },
             warn: RateLimitedWarn::new(Duration::from_secs(10)),
         })
