@@ -114,7 +114,9 @@ fn answer_query(q: &Query<'_>, data: &[u8], out: &mut [u8]) {
     if inserted.is_err() {
         return;
     }
-    for transport in [Transport::Udp { max_len: udp_limit }, Transport::Tcp] {
+    // TCP first: the full answer is the oracle for the truncated UDP one.
+    let mut full: Vec<u8> = Vec::new();
+    for transport in [Transport::Tcp, Transport::Udp { max_len: udp_limit }] {
         let len = cache
             .lookup(&key, member, now, |view| render_cached(q, view, transport, out))
             .expect("just inserted")
@@ -126,14 +128,41 @@ fn answer_query(q: &Query<'_>, data: &[u8], out: &mut [u8]) {
         let msg = check_rendered(&out[..len], id, limit, "cache hit");
         // 0x20: the question goes back exactly as the client wrote it.
         assert_eq!(&out[HEADER_LEN..HEADER_LEN + qname.len() + 4], q.question_wire());
+        assert!(msg.answers.iter().all(|r| r.ttl <= policy.max_ttl.secs()), "TTLs patched");
+        assert_eq!(msg.edns.is_some(), q.edns.is_some(), "OPT echoed only when sent");
         if !msg.metadata.truncation {
-            assert!(msg.answers.iter().all(|r| r.ttl <= policy.max_ttl.secs()), "TTLs patched");
-            assert_eq!(msg.edns.is_some(), q.edns.is_some(), "OPT echoed only when sent");
-        } else {
-            assert!(matches!(transport, Transport::Udp { .. }), "TCP answers are never truncated");
-            assert!(msg.answers.is_empty());
+            if full.is_empty() {
+                full = out[..len].to_vec();
+            }
+            continue;
         }
+        assert!(matches!(transport, Transport::Udp { .. }), "TCP answers are never truncated");
+        // RFC 2181 §9: the truncated answer is the full one cut after its last whole record
+        // that fits; the next record would not have fitted.
+        let opt = if q.edns.is_some() { 11 } else { 0 };
+        let cut = len - opt;
+        assert_eq!(&out[12..cut], &full[12..cut], "a prefix of the full answer");
+        let next = record_end(&full, cut).expect("the full answer has a record where the cut is");
+        assert!(next + opt > limit, "the record after the cut ({cut}..{next}) would have fitted in {limit}");
     }
+}
+
+/// The end of the record starting at `pos` (owner name possibly ending in a pointer).
+fn record_end(m: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *m.get(pos)? as usize;
+        if len == 0 {
+            pos += 1;
+            break;
+        }
+        if len & 0xc0 == 0xc0 {
+            pos += 2;
+            break;
+        }
+        pos += 1 + len;
+    }
+    let rdlen = u16::from_be_bytes([*m.get(pos + 8)?, *m.get(pos + 9)?]) as usize;
+    Some(pos + 10 + rdlen).filter(|&e| e <= m.len())
 }
 
 /// A cacheable answer for `name`/`qtype` built by ingesting a response, as the miss path does:

@@ -161,6 +161,24 @@ impl<'a> AnswerView<'a> {
         }
         Some(len)
     }
+
+    /// Like [`AnswerView::write_into`] for the first `len` bytes of the message only (a
+    /// truncated UDP answer cut at a record boundary): the TTLs inside them are patched, the
+    /// rest is not copied. `None` if `len` is past the message or `out` is too small.
+    pub fn write_prefix_into(&self, len: usize, out: &mut [u8]) -> Option<usize> {
+        let src = self.message.get(..len)?;
+        let dst = out.get_mut(..len)?;
+        dst.copy_from_slice(src);
+        let ttl = self.ttl.to_be_bytes();
+        for off in self.ttl_offsets.chunks_exact(2) {
+            let off = u16::from_le_bytes([off[0], off[1]]) as usize;
+            // A TTL field the cut splits cannot happen at a record boundary; skip it anyway.
+            if let Some(field) = dst.get_mut(off..off + 4) {
+                field.copy_from_slice(&ttl);
+            }
+        }
+        Some(len)
+    }
 }
 
 #[cfg(test)]

@@ -132,15 +132,24 @@ fn write_empty(
 
 /// Renders a cached answer for `query` into `out`: the stored message with the client's ID,
 /// flags and exact question bytes (0x20 case preserved), every TTL patched, and an OPT record
-/// if the client sent one. A UDP answer that does not fit is replaced by an empty one with TC=1
-/// (RFC 1035 §4.2.1, RFC 6891 §7) so the client retries over TCP.
+/// if the client sent one. A UDP answer that does not fit is cut after the last whole record
+/// that does, with TC=1 (RFC 1035 §4.2.1, RFC 6891 §7): clients with TCP retry there for the
+/// rest, and clients without it (musl before 1.2.4) still get some addresses, as from CoreDNS.
 pub fn render_cached(query: &Query<'_>, view: &AnswerView<'_>, transport: Transport, out: &mut [u8]) -> Option<usize> {
     let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
     let full = view.message_len() + opt;
-    if full > transport.limit() || full > out.len() {
-        return render_truncated(query, out);
+    let limit = transport.limit().min(out.len());
+    if full > limit {
+        return render_partial(query, view, limit, out);
     }
     let len = view.write_into(out)?;
+    patch_cached(query, len, false, out)
+}
+
+/// Patches a stored message copied into `out[..len]` for `query`: ID, flags (TC if
+/// `truncated`), the client's question bytes, and the OPT record when the client sent EDNS.
+#[inline]
+fn patch_cached(query: &Query<'_>, len: usize, truncated: bool, out: &mut [u8]) -> Option<usize> {
     let question = query.question_wire();
     // The stored question is the lower-cased form of the same name, so it has the same length.
     if len < HEADER_LEN + question.len() {
@@ -150,7 +159,7 @@ pub fn render_cached(query: &Query<'_>, view: &AnswerView<'_>, transport: Transp
     let stored_rcode = out[3] & 0x0f;
     let stored_ad = out[3] & 0x20 != 0;
     let client_flags = query_flags(query);
-    put_u16(out, 2, response_flags(client_flags, stored_rcode, stored_ad));
+    put_u16(out, 2, response_flags(client_flags, stored_rcode, stored_ad) | (truncated as u16) << 9);
     out[HEADER_LEN..HEADER_LEN + question.len()].copy_from_slice(question);
     if let Some(e) = query.edns {
         let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
@@ -160,12 +169,83 @@ pub fn render_cached(query: &Query<'_>, view: &AnswerView<'_>, transport: Transp
     Some(len)
 }
 
+/// A stored answer that does not fit in `limit` bytes: as many whole records as fit, in
+/// message order, with the section counts fixed up and TC=1. RFC 2181 §9 allows a partial
+/// RRset in a truncated answer; never a partial record. This is what CoreDNS sends (miekg/dns
+/// `Msg.Truncate`). Only oversized answers walk the stored records, so the hit path that fits
+/// (nearly all of them) pays nothing for it.
+fn render_partial(query: &Query<'_>, view: &AnswerView<'_>, limit: usize, out: &mut [u8]) -> Option<usize> {
+    let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
+    let cut = limit.checked_sub(opt).and_then(|budget| whole_records_within(view.message(), budget));
+    let Some(cut) = cut else {
+        // Not even the question fits (or the stored message is not what we stored): no records.
+        return render_truncated(query, out);
+    };
+    let len = view.write_prefix_into(cut.len, out)?;
+    put_u16(out, 6, cut.counts[0]);
+    put_u16(out, 8, cut.counts[1]);
+    put_u16(out, 10, cut.counts[2]);
+    patch_cached(query, len, true, out)
+}
+
+/// Where a message is cut to hold only whole records: its length and the records kept per
+/// section (answer, authority, additional).
+#[derive(Debug, PartialEq, Eq)]
+struct Cut {
+    len: usize,
+    counts: [u16; 3],
+}
+
+/// The longest prefix of the stored message `m` (header, question, records) that ends on a
+/// record boundary and is at most `budget` bytes. `None` when the question alone is over the
+/// budget or the message does not parse (a defined answer instead of a panic: the caller sends
+/// no records).
+fn whole_records_within(m: &[u8], budget: usize) -> Option<Cut> {
+    let mut pos = name_end(m, HEADER_LEN)? + 4;
+    if pos > budget || pos > m.len() {
+        return None;
+    }
+    let mut counts = [0u16; 3];
+    for (section, kept) in counts.iter_mut().enumerate() {
+        let count = u16::from_be_bytes([*m.get(6 + 2 * section)?, *m.get(7 + 2 * section)?]);
+        for _ in 0..count {
+            // Owner, then type, class, TTL (8 bytes), RDLENGTH, RDATA.
+            let rdlen_at = name_end(m, pos)? + 8;
+            let rdlen = u16::from_be_bytes([*m.get(rdlen_at)?, *m.get(rdlen_at + 1)?]) as usize;
+            let end = rdlen_at + 2 + rdlen;
+            if end > m.len() {
+                return None;
+            }
+            if end > budget {
+                return Some(Cut { len: pos, counts });
+            }
+            *kept += 1;
+            pos = end;
+        }
+    }
+    Some(Cut { len: pos, counts })
+}
+
+/// The end of the (possibly compressed) name at `pos`, without following pointers: a pointer
+/// ends the name where it stands. `None` past the end of `m` or on a reserved label type.
+fn name_end(m: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *m.get(pos)? as usize;
+        match len & 0xc0 {
+            0x00 if len == 0 => return Some(pos + 1),
+            0x00 => pos += 1 + len,
+            0xc0 if pos + 2 <= m.len() => return Some(pos + 2),
+            _ => return None,
+        }
+    }
+}
+
 fn query_flags(q: &Query<'_>) -> u16 {
     // Opcode is QUERY (0) for every parsed query.
     (q.recursion_desired as u16) << 8 | (q.authentic_data as u16) << 5 | (q.checking_disabled as u16) << 4
 }
 
-/// An empty answer with TC=1.
+/// An empty answer with TC=1: for answers whose question alone does not fit.
 pub fn render_truncated(query: &Query<'_>, out: &mut [u8]) -> Option<usize> {
     let len = render_rcode(query, Rcode::NoError, out)?;
     out[2] |= 0x02;
@@ -288,19 +368,194 @@ mod tests {
         assert_eq!(msg.answers.len(), 1);
     }
 
+    /// A stored message (header, lower-cased question, answer records) from `(owner, type,
+    /// rdata)` triples, with the TTL offsets of every record. Owners are wire bytes (a pointer
+    /// such as `[0xc0, 0x0c]` for the question name).
+    fn stored(qname: &[u8], qtype: u16, records: &[(Vec<u8>, u16, Vec<u8>)], offs: &mut Vec<u16>) -> Vec<u8> {
+        let mut m = vec![0, 0, 0x81, 0x80, 0, 1];
+        m.extend_from_slice(&(records.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        m.extend_from_slice(qname);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&[0, 1]);
+        for (owner, rtype, rdata) in records {
+            m.extend_from_slice(owner);
+            m.extend_from_slice(&rtype.to_be_bytes());
+            m.extend_from_slice(&[0, 1]);
+            offs.push(m.len() as u16);
+            m.extend_from_slice(&[0, 0, 0, 0]);
+            m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            m.extend_from_slice(rdata);
+        }
+        m
+    }
+
+    /// A cache holding `a` and `aaaa` (record lists for `stored`) as the pair of `qname`.
+    fn cache_with_records(qname: &[u8], a: &[(Vec<u8>, u16, Vec<u8>)], aaaa: &[(Vec<u8>, u16, Vec<u8>)]) -> Cache {
+        let cache = Cache::new(CacheLimits::default());
+        let answer = |qtype, records| {
+            let mut offs = Vec::new();
+            let message = stored(qname, qtype, records, &mut offs);
+            CacheableAnswer {
+                message,
+                ttl_offsets: offs,
+                disposition: Disposition::Positive { ttl: Ttl::from_secs(300) },
+            }
+        };
+        let (key, _) = CacheKey::for_query(nodedns_cache::LowerName::new(qname).unwrap(), 1, 1, false, false);
+        cache
+            .insert_pair(&key, &answer(1, a), &answer(28, aaaa), &TtlPolicy::default(), Timestamp::from_secs(0))
+            .unwrap();
+        cache
+    }
+
+    fn a_records(owner: &[u8], n: usize) -> Vec<(Vec<u8>, u16, Vec<u8>)> {
+        (0..n).map(|i| (owner.to_vec(), 1, vec![10, 0, (i / 256) as u8, i as u8])).collect()
+    }
+
+    fn aaaa_records(owner: &[u8], n: usize) -> Vec<(Vec<u8>, u16, Vec<u8>)> {
+        (0..n).map(|i| (owner.to_vec(), 28, [&[0xfd, 0][..], &[0; 13], &[i as u8]].concat())).collect()
+    }
+
+    /// Decodes `out` (so every record is whole and the counts are right) and checks the
+    /// invariants of any rendered hit: ID, client question bytes, every TTL patched.
+    fn decode_hit(out: &[u8], question: &[u8]) -> hickory_proto::op::Message {
+        let msg = hickory_proto::op::Message::from_vec(out).expect("a well-formed message");
+        assert_eq!(msg.metadata.id, 0x1234);
+        assert_eq!(&out[12..12 + question.len()], question, "client's question bytes");
+        assert!(msg.answers.iter().all(|r| r.ttl == 200), "TTLs patched on the records kept");
+        msg
+    }
+
+    fn addresses(msg: &hickory_proto::op::Message) -> Vec<String> {
+        msg.answers.iter().filter_map(|r| r.data.ip_addr()).map(|ip| ip.to_string()).collect()
+    }
+
+    /// With header 12 + question 9 ("foo" A) and 16 bytes per compressed A record, 512 bytes
+    /// hold 30 of 40: (512 - 21) / 16.
     #[test]
-    fn oversized_udp_answer_is_truncated() {
+    fn oversized_udp_answer_keeps_the_whole_records_that_fit() {
         let cache = cache_with(b"\x03foo\x00", 40);
-        let packet = q("foo", 1, None);
+        let packet = q("fOo", 1, None);
         let out = render(&cache, &packet, Transport::Udp { max_len: 512 });
-        let msg = hickory_proto::op::Message::from_vec(&out).unwrap();
+        assert_eq!(out.len(), 21 + 30 * 16);
+        let msg = decode_hit(&out, b"\x03fOo\x00\x00\x01\x00\x01");
         assert!(msg.metadata.truncation);
-        assert!(msg.answers.is_empty());
         assert_eq!(msg.queries.len(), 1);
+        let want: Vec<String> = (0..30).map(|i| format!("10.0.0.{i}")).collect();
+        assert_eq!(addresses(&msg), want, "the first records, in order");
+        assert!(msg.edns.is_none(), "no OPT for a client without EDNS");
+
         let out = render(&cache, &packet, Transport::Tcp);
-        let msg = hickory_proto::op::Message::from_vec(&out).unwrap();
+        let msg = decode_hit(&out, b"\x03fOo\x00\x00\x01\x00\x01");
         assert!(!msg.metadata.truncation);
         assert_eq!(msg.answers.len(), 40);
+    }
+
+    #[test]
+    fn edns_clients_keep_their_opt_and_large_sizes_get_everything() {
+        let cache = cache_with(b"\x03foo\x00", 40);
+        // EDNS size 512: the OPT's 11 bytes come off the budget, so 30 records end at exactly 512.
+        let packet = q("foo", 1, Some((512, 0, false)));
+        let Parsed::Query(query) = parse_query(&packet) else { panic!() };
+        let out = render(&cache, &packet, Transport::Udp { max_len: query.max_udp_response(1232) });
+        assert_eq!(out.len(), 512);
+        let msg = decode_hit(&out, &packet[12..12 + 9]);
+        assert!(msg.metadata.truncation);
+        assert_eq!(msg.answers.len(), 30);
+        let edns = msg.edns.expect("OPT kept in the truncated answer");
+        assert_eq!(edns.max_payload(), ADVERTISED_UDP_PAYLOAD);
+        assert_eq!(u16::from_be_bytes([out[10], out[11]]), 1, "ARCOUNT counts the OPT");
+
+        // EDNS size 1232: 21 + 640 + 11 = 672 bytes fit whole.
+        let packet = q("foo", 1, Some((1232, 0, false)));
+        let out = render(&cache, &packet, Transport::Udp { max_len: 1232 });
+        let msg = decode_hit(&out, &packet[12..12 + 9]);
+        assert!(!msg.metadata.truncation);
+        assert_eq!(msg.answers.len(), 40);
+        assert!(msg.edns.is_some());
+    }
+
+    #[test]
+    fn the_cut_falls_exactly_where_one_more_record_would_not_fit() {
+        let cache = cache_with(b"\x03foo\x00", 40);
+        let packet = q("foo", 1, None);
+        for k in [0usize, 1, 7, 29, 39] {
+            let exact = 21 + 16 * k;
+            for (max_len, want) in [(exact, k), (exact + 15, k), (exact - 1, k.saturating_sub(1))] {
+                if max_len < 21 {
+                    continue;
+                }
+                let out = render(&cache, &packet, Transport::Udp { max_len });
+                assert_eq!(out.len(), 21 + 16 * want, "max_len {max_len}");
+                let msg = decode_hit(&out, &packet[12..12 + 9]);
+                assert!(msg.metadata.truncation, "max_len {max_len}");
+                assert_eq!(msg.answers.len(), want, "max_len {max_len}");
+            }
+        }
+        // 21 + 16 * 40 = 661: exactly the whole answer, not truncated.
+        let out = render(&cache, &packet, Transport::Udp { max_len: 661 });
+        let msg = decode_hit(&out, &packet[12..12 + 9]);
+        assert!(!msg.metadata.truncation);
+        assert_eq!(msg.answers.len(), 40);
+    }
+
+    #[test]
+    fn a_cname_chain_comes_first_and_the_addresses_are_cut() {
+        // www.foo CNAME a.foo; a.foo CNAME b.foo; b.foo 40 x A (the chain's names compressed).
+        let qname = b"\x03www\x03foo\x00";
+        let mut records = vec![
+            (vec![0xc0, 0x0c], 5, b"\x01a\xc0\x10".to_vec()), // a.foo, at offset 37
+            (vec![0xc0, 37], 5, b"\x01b\xc0\x10".to_vec()),   // b.foo, at offset 53
+        ];
+        records.extend(a_records(&[0xc0, 53], 40));
+        let cache = cache_with_records(qname, &records, &aaaa_records(&[0xc0, 0x0c], 1));
+        let packet = q("WWW.foo", 1, None);
+        let out = render(&cache, &packet, Transport::Udp { max_len: 512 });
+        let msg = decode_hit(&out, &packet[12..12 + 13]);
+        assert!(msg.metadata.truncation);
+        // 25 (header, question) + 2 x 16 (CNAMEs) + 28 x 16 = 505; one more is 521.
+        assert_eq!(out.len(), 505);
+        assert_eq!(msg.answers.len(), 30);
+        let cnames: Vec<String> = msg.answers[..2]
+            .iter()
+            .map(|r| match &r.data {
+                hickory_proto::rr::RData::CNAME(c) => c.0.to_string(),
+                other => panic!("not a CNAME: {other:?}"),
+            })
+            .collect();
+        assert_eq!(cnames, ["a.foo.", "b.foo."]);
+        assert!(msg.answers[2..].iter().all(|r| r.name.to_string() == "b.foo."));
+        assert_eq!(addresses(&msg).len(), 28);
+    }
+
+    #[test]
+    fn aaaa_answers_are_cut_at_whole_records_too() {
+        let qname = b"\x03foo\x00";
+        let cache = cache_with_records(qname, &a_records(&[0xc0, 0x0c], 1), &aaaa_records(&[0xc0, 0x0c], 40));
+        let packet = q("foo", 28, None);
+        let out = render(&cache, &packet, Transport::Udp { max_len: 512 });
+        let msg = decode_hit(&out, &packet[12..12 + 9]);
+        assert!(msg.metadata.truncation);
+        // 28 bytes per AAAA: (512 - 21) / 28 = 17.
+        assert_eq!(msg.answers.len(), 17);
+        assert_eq!(out.len(), 21 + 17 * 28);
+        assert!(addresses(&msg).iter().all(|a| a.starts_with("fd00::")));
+        let out = render(&cache, &packet, Transport::Tcp);
+        assert_eq!(decode_hit(&out, &packet[12..12 + 9]).answers.len(), 40);
+    }
+
+    #[test]
+    fn a_stored_message_that_does_not_parse_gets_no_records() {
+        // RDLENGTH past the end of the message: a defined empty TC answer, never a panic.
+        let mut m = stored_a(b"\x03foo\x00", &mut Vec::new(), 40);
+        let last_rdlen = m.len() - 6;
+        m[last_rdlen + 1] = 200;
+        assert_eq!(whole_records_within(&m, 4096), None);
+        assert_eq!(whole_records_within(&m, 512).map(|c| c.counts), Some([30, 0, 0]), "cut before the bad record");
+        assert_eq!(whole_records_within(&m, 20), None, "question over the budget");
+        let m = stored_a(b"\x03foo\x00", &mut Vec::new(), 40);
+        assert_eq!(whole_records_within(&m, 40), Some(Cut { len: 37, counts: [1, 0, 0] }));
     }
 
     #[test]
