@@ -52,6 +52,8 @@ pub struct Lab {
     pub up: String,
     pub dir: PathBuf,
     knots: Vec<Child>,
+    /// Zones both knotd serve besides the lab's own (see [`Lab::with_zones`]).
+    extra_zones: Vec<(String, String)>,
 }
 
 /// Runs `cmd` with `sh -c` inside namespace `ns`.
@@ -102,6 +104,12 @@ fn zone(who: &str) -> String {
 impl Lab {
     /// Creates the namespaces, links, routes, the stand-in kube-proxy rules and both knotd.
     pub fn new(kube_proxy: KubeProxy) -> Lab {
+        Lab::with_zones(kube_proxy, &[])
+    }
+
+    /// Like [`Lab::new`], both knotd also serving `zones` (`(origin, zone file text)`); text for
+    /// `cluster.local` is appended to the lab's own cluster zone.
+    pub fn with_zones(kube_proxy: KubeProxy, zones: &[(&str, &str)]) -> Lab {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = format!("nd{}x{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("nodedns-lab-{id}"));
@@ -112,6 +120,7 @@ impl Lab {
             up: format!("{id}-up"),
             dir,
             knots: Vec::new(),
+            extra_zones: zones.iter().map(|(o, t)| (o.trim_end_matches('.').to_owned(), (*t).to_owned())).collect(),
         };
         let mut lab = lab;
         for ns in [&lab.node, &lab.pod, &lab.up] {
@@ -185,13 +194,22 @@ impl Lab {
     fn start_knot(&self, who: &str, v4: &str, v6: &str) -> Child {
         let d = self.dir.join(format!("knot-{who}"));
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("cluster.local.zone"), zone(who)).unwrap();
-        let conf = format!(
+        let mut cluster = zone(who);
+        let mut conf = format!(
             "server:\n  listen: [ {v4}@53, {v6}@53 ]\n  rundir: {d}\n  background-workers: 1\n  udp-workers: 1\n  tcp-workers: 1\n  tcp-idle-timeout: 300\n\
              database:\n  storage: {d}\nlog:\n  - target: stderr\n    any: warning\ntemplate:\n  - id: default\n    storage: {d}\n    semantic-checks: off\n\
              zone:\n  - domain: cluster.local\n    file: {d}/cluster.local.zone\n",
             d = d.display()
         );
+        for (origin, text) in &self.extra_zones {
+            if origin == "cluster.local" {
+                cluster.push_str(text);
+            } else {
+                std::fs::write(d.join(format!("{origin}.zone")), text).unwrap();
+                conf.push_str(&format!("  - domain: {origin}\n    file: {}/{origin}.zone\n", d.display()));
+            }
+        }
+        std::fs::write(d.join("cluster.local.zone"), cluster).unwrap();
         std::fs::write(d.join("knot.conf"), conf).unwrap();
         Command::new("ip")
             .args(["netns", "exec", &self.up, "knotd", "-c"])
@@ -359,11 +377,24 @@ impl NodeDaemon {
     /// Starts nodedns in the node namespace with `env` added to its environment, without
     /// waiting for anything.
     pub fn spawn(lab: &Lab, config: &NodeConfig, wrapper: &[&str], env: &[(&str, String)]) -> NodeDaemon {
+        NodeDaemon::spawn_yaml(lab, &config.render(), config.admin_port, wrapper, env)
+    }
+
+    /// Starts nodedns with the config file text `yaml` as given, its admin HTTP on
+    /// 127.0.0.1:`admin_port` of the node namespace, and waits for `/ready` (10 s).
+    pub fn start_yaml(lab: &Lab, yaml: &str, admin_port: u16, wrapper: &[&str]) -> NodeDaemon {
+        let d = NodeDaemon::spawn_yaml(lab, yaml, admin_port, wrapper, &[]);
+        d.wait_ready(Duration::from_secs(10));
+        d
+    }
+
+    /// Starts nodedns with the config file text `yaml` and `env` added, without waiting.
+    fn spawn_yaml(lab: &Lab, yaml: &str, admin_port: u16, wrapper: &[&str], env: &[(&str, String)]) -> NodeDaemon {
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
         let dir = lab.dir.join(format!("nodedns-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("nodedns.yaml");
-        std::fs::write(&config_path, config.render()).unwrap();
+        std::fs::write(&config_path, yaml).unwrap();
         let log = dir.join("nodedns.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
@@ -380,7 +411,7 @@ impl NodeDaemon {
             .stderr(file)
             .spawn()
             .expect("spawn nodedns");
-        NodeDaemon { child: Some(child), node: lab.node.clone(), admin_port: config.admin_port, log }
+        NodeDaemon { child: Some(child), node: lab.node.clone(), admin_port, log }
     }
 
     pub fn log(&self) -> String {
