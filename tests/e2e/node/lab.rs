@@ -381,7 +381,9 @@ impl NodeDaemon {
     }
 
     /// Starts nodedns with the config file text `yaml` as given, its admin HTTP on
-    /// 127.0.0.1:`admin_port` of the node namespace, and waits for `/ready` (10 s).
+    /// 127.0.0.1:`admin_port` of the node namespace, and waits for `/ready` (10 s). Used by the
+    /// client matrix (tests/e2e/clients.rs), which includes this module too.
+    #[allow(dead_code)]
     pub fn start_yaml(lab: &Lab, yaml: &str, admin_port: u16, wrapper: &[&str]) -> NodeDaemon {
         let d = NodeDaemon::spawn_yaml(lab, yaml, admin_port, wrapper, &[]);
         d.wait_ready(Duration::from_secs(10));
