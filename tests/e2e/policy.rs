@@ -288,8 +288,13 @@ fn stub_domain_resolves_as_a_nodedns_zone_and_through_the_cluster_dns() {
     let seen = lab.cluster_dns.queries_since(from);
     assert!(!seen.iter().any(|q| q.contains("acme.local")), "the cluster DNS was asked: {seen:?}");
     let metrics = d.metrics();
-    let sample = format!("nodedns_upstream_queries_total{{endpoint=\"{}\",zone=\"acme.local.\"}}", lab.acme.addr);
+    let sample = format!("nodedns_upstream_queries_total{{endpoint=\"{}\"}}", lab.acme.addr);
     assert!(metric_value(&metrics, &sample).unwrap_or(0.0) >= 1.0, "no {sample} in:\n{metrics}");
+    let zone_of = format!(
+        "nodedns_upstream_zone_endpoint{{endpoint=\"{}\",role=\"primary\",zone=\"acme.local.\"}}",
+        lab.acme.addr
+    );
+    assert_eq!(metric_value(&metrics, &zone_of), Some(1.0), "no {zone_of} in:\n{metrics}");
     drop(d);
 
     // Through the cluster DNS's own stub domain (the shipped default: `.` to the cluster DNS).

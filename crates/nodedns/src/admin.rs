@@ -55,7 +55,19 @@ impl AdminState {
     }
 }
 
-/// `health.nodedns. CH TXT`: answered REFUSED by a worker itself, without upstream or cache.
+/// The question of the `/health` self-query, `health.nodedns. TXT CH` in wire form: class CH is
+/// answered REFUSED by a worker itself, without upstream or cache.
+const HEALTH_QUESTION: &[u8] = b"\x06health\x07nodedns\x00\x00\x10\x00\x03";
+
+/// Whether a rejected query is the `/health` self-query (counted apart from client traffic).
+/// Only rejected queries are checked, so the hit path pays nothing for it.
+pub fn is_health_self_query(r: &nodedns_wire::RejectedQuery<'_>) -> bool {
+    r.reason == nodedns_wire::Rejection::Refused
+        && r.question_end
+            .and_then(|end| r.packet.get(12..end + 4))
+            .is_some_and(|q| q.eq_ignore_ascii_case(HEALTH_QUESTION))
+}
+
 fn self_query(target: SocketAddr) -> Result<(), String> {
     let bind: SocketAddr =
         if target.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(target) } else { "[::]:0".parse().unwrap_or(target) };
@@ -65,8 +77,7 @@ fn self_query(target: SocketAddr) -> Result<(), String> {
     let mut q = Vec::with_capacity(40);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    q.extend_from_slice(b"\x06health\x07nodedns\x00");
-    q.extend_from_slice(&[0, 16, 0, 3]);
+    q.extend_from_slice(HEALTH_QUESTION);
     socket.send_to(&q, target).map_err(|e| format!("self-query send: {e}"))?;
     let mut buf = [0u8; 512];
     loop {

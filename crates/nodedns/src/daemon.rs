@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::metrics::{CacheSample, EndpointSample, Metrics, ScrapedCollector};
+use crate::metrics::{CacheSample, Metrics, ScrapeSample, ScrapedCollector, upstream_sample};
 use crate::server::udp::{self, WorkerControl};
 use crate::server::{Listeners, bind_tcp, tcp};
 
@@ -342,21 +342,17 @@ fn register_scraped(metrics: &Arc<Metrics>, engine: &Arc<Engine>) {
                 evictions: engine.cache.counters.evictions.load(Relaxed),
                 split_pairs: engine.cache.counters.split_pairs.load(Relaxed),
             };
-            // One series per endpoint; an endpoint shared by zones is labelled with all of them.
-            let mut seen: Vec<(std::net::SocketAddr, String, Arc<nodedns_upstream::Endpoint>)> = Vec::new();
-            for zone in engine.zones().iter() {
-                for e in zone.pool.endpoints().iter() {
-                    match seen.iter_mut().find(|s| s.0 == e.endpoint.addr) {
-                        Some(s) => {
-                            s.1.push(',');
-                            s.1.push_str(&zone.label);
-                        }
-                        None => seen.push((e.endpoint.addr, zone.label.clone(), e.endpoint.clone())),
-                    }
+            // One series per endpoint (shared by every zone that forwards to it), and one
+            // zone→endpoint pair per use, primaries and fallbacks alike.
+            let zones = engine.zones();
+            let mut uses = Vec::new();
+            for zone in zones.iter() {
+                for (role, states) in [("primary", zone.pool.endpoints()), ("fallback", zone.pool.fallback())] {
+                    uses.extend(states.iter().map(|e| (zone.label.as_str(), role, e.endpoint.clone())));
                 }
             }
-            let endpoints = seen.iter().map(|(_, zones, e)| EndpointSample::from_endpoint(zones, e)).collect();
-            (cache, endpoints)
+            let (endpoints, zone_endpoints) = upstream_sample(&uses);
+            ScrapeSample { cache, endpoints, zone_endpoints }
         }),
     )));
 }

@@ -203,7 +203,8 @@ thread_local! {
 impl Engine {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
         let registry = EndpointRegistry::new();
-        let zones = config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &config.limits, &registry))).collect();
+        let zones: Vec<Arc<Zone>> = config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &config.limits, &registry))).collect();
+        zones.iter().filter(|z| z.config.kubernetes_schema).for_each(|z| metrics.known_zone(&z.label));
         Arc::new(Self {
             cache: Cache::new(CacheLimits {
                 max_bytes: config.cache.max_bytes,
@@ -261,6 +262,7 @@ impl Engine {
                 zone.pool.set_fallback(zone.config.upstreams.addrs());
             }
         }
+        next.iter().filter(|z| z.config.kubernetes_schema).for_each(|z| self.metrics.known_zone(&z.label));
         *self.cache_config.write() = config.cache.clone();
         *self.zones.write() = Arc::new(next);
     }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use nodedns_upstream::{ErrorKind, Health, LATENCY_BUCKETS};
+use nodedns_wire::{RejectedQuery, Rejection, response_rcode_label};
 
 pub const REQUESTS: &str = "nodedns_requests_total";
 pub const RESPONSES: &str = "nodedns_responses_total";
@@ -38,6 +39,8 @@ pub const NODE_SETUP_ERRORS: &str = "nodedns_node_setup_errors_total";
 pub const NODE_REPAIRS: &str = "nodedns_node_repairs_total";
 pub const CONFIG_RELOADS: &str = "nodedns_config_reloads_total";
 pub const LOCAL_SYNTHESIZED: &str = "nodedns_local_synthesized_total";
+pub const HEALTH_SELF_QUERIES: &str = "nodedns_health_self_queries_total";
+pub const UPSTREAM_ZONE_ENDPOINTS: &str = "nodedns_upstream_zone_endpoint";
 pub const BUILD_INFO: &str = "nodedns_build_info";
 
 // NodeLocal DNSCache (CoreDNS) names, behind `admin.coredns_compatible_metrics`.
@@ -78,6 +81,8 @@ pub const ALL_NAMES: &[&str] = &[
     NODE_REPAIRS,
     CONFIG_RELOADS,
     LOCAL_SYNTHESIZED,
+    HEALTH_SELF_QUERIES,
+    UPSTREAM_ZONE_ENDPOINTS,
     BUILD_INFO,
     COREDNS_REQUESTS,
     COREDNS_RESPONSES,
@@ -167,6 +172,34 @@ pub enum ShedReason {
 const SHED_REASONS: [&str; 7] =
     ["inflight", "tcp_connections", "tcp_pipeline", "rate_limit", "draining", "upstream_inflight", "tcp_idle_evicted"];
 
+/// Every `reason` of `nodedns_malformed_queries_total`: the rejections of `parse_query`
+/// ([`nodedns_wire::Rejection::label`]), datagrams too large to read, headers not worth an
+/// answer, and the TCP framing faults of `server::tcp`. Exported at 0 from the start: a series
+/// born at 1 is invisible to `increase()` and `rate()`.
+pub const MALFORMED_REASONS: [&str; 15] = [
+    "question_count",
+    "bad_name",
+    "short_question",
+    "unexpected_records",
+    "bad_record",
+    "bad_opt",
+    "trailing_bytes",
+    "not_implemented",
+    "bad_edns_version",
+    "refused_type_or_class",
+    "oversized",
+    "unparseable_header",
+    "zero_length_frame",
+    "short_frame",
+    "slow_frame",
+];
+
+/// Every `kind` of `nodedns_node_setup_errors_total`: the node library's own list.
+pub const NODE_SETUP_ERROR_KINDS: &[&str] = nodedns_node::NodeError::KINDS;
+
+/// Every `result` of `nodedns_config_reloads_total`.
+pub const CONFIG_RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
+
 const REQUEST_BUCKETS: [f64; 14] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
@@ -190,6 +223,7 @@ pub struct Metrics {
     pub node_repairs: IntCounter,
     pub config_reloads: IntCounterVec,
     pub local_synthesized: IntCounterVec,
+    health_self_queries: IntCounter,
     coredns: Option<CorednsMetrics>,
 }
 
@@ -273,21 +307,31 @@ impl Metrics {
         };
         let malformed = vec(MALFORMED, "Queries answered with an error without lookup, by reason.", &["reason"]);
         let node_setup_errors = vec(NODE_SETUP_ERRORS, "Node setup or resync failures, by kind.", &["kind"]);
-        // Every kind exists at 0 from the start, so an alert on increase() sees the first failure.
-        for kind in nodedns_node::NodeError::KINDS {
-            node_setup_errors.with_label_values(&[kind]);
+        for r in MALFORMED_REASONS {
+            malformed.with_label_values(&[r]);
+        }
+        for k in NODE_SETUP_ERROR_KINDS {
+            node_setup_errors.with_label_values(&[k]);
         }
         let config_reloads = vec(CONFIG_RELOADS, "Config reloads, by result.", &["result"]);
+        for r in CONFIG_RELOAD_RESULTS {
+            config_reloads.with_label_values(&[r]);
+        }
         let local_synthesized = vec(
             LOCAL_SYNTHESIZED,
             "Queries answered NXDOMAIN locally because the name cannot exist under the Kubernetes DNS schema.",
             &["zone"],
         );
 
+        // An info metric is a gauge at 1 (OpenMetrics "info"): a counter would invite rate().
         let build =
-            must(IntCounterVec::new(Opts::new(BUILD_INFO, "Build information; the value is always 1."), &["version"]));
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+            must(IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information; the value is always 1."), &["version"]));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         reg(Box::new(build));
+        let health_self_queries = counter(
+            HEALTH_SELF_QUERIES,
+            "/health self-queries answered by a UDP worker (not counted as client requests or responses).",
+        );
 
         let coredns = coredns_compatible.then(|| {
             let req = must(IntCounterVec::new(
@@ -332,10 +376,10 @@ impl Metrics {
                 Opts::new(COREDNS_SETUP_ERRORS, "The number of errors during periodic network setup for node-cache."),
                 &["errortype"],
             ));
-            reg(Box::new(setup_errors.clone()));
-            for kind in nodedns_node::NodeError::KINDS {
-                setup_errors.with_label_values(&[kind]);
+            for k in NODE_SETUP_ERROR_KINDS {
+                setup_errors.with_label_values(&[k]);
             }
+            reg(Box::new(setup_errors.clone()));
             CorednsMetrics { requests, responses, duration, hits, misses, setup_errors }
         });
 
@@ -357,6 +401,7 @@ impl Metrics {
             node_repairs,
             config_reloads,
             local_synthesized,
+            health_self_queries,
             coredns,
         })
     }
@@ -408,6 +453,28 @@ impl Metrics {
         self.malformed.with_label_values(&[reason]).inc();
     }
 
+    /// Counts a query `parse_query` rejected: its reason, and the rcode of `response` if one was
+    /// rendered. The `/health` self-query is counted apart: it is not client traffic, and a
+    /// REFUSED per kubelet probe would skew the rcode mix the SERVFAIL alert divides by.
+    pub fn rejected(&self, r: &RejectedQuery<'_>, response: Option<&[u8]>) {
+        if crate::admin::is_health_self_query(r) {
+            self.health_self_queries.inc();
+            return;
+        }
+        self.malformed(r.reason.label());
+        if let Some(response) = response {
+            // BADVERS is 16: the header's four bits say 0 (NOERROR) and the upper bits are in the
+            // OPT record (RFC 6891 §6.1.3), so the header alone would count it as NOERROR.
+            self.response(if r.reason == Rejection::BadVers { "BADVERS" } else { response_rcode_label(response) });
+        }
+    }
+
+    /// Exports `nodedns_local_synthesized_total{zone}` at 0 for a zone answered under the
+    /// Kubernetes schema, before its first synthesized answer.
+    pub fn known_zone(&self, zone: &str) {
+        self.local_synthesized.with_label_values(&[zone]);
+    }
+
     pub fn node_setup_error(&self, kind: &str) {
         self.node_setup_errors.with_label_values(&[kind]).inc();
         if let Some(c) = &self.coredns {
@@ -432,9 +499,12 @@ impl Metrics {
     }
 }
 
-/// A point-in-time sample of one upstream endpoint.
+/// A point-in-time sample of one upstream endpoint. Labelled by `endpoint` only: one address
+/// serves every zone that forwards to it (one connection pool, one health state, one set of
+/// counters), so a `zone` label would either join zones into one value (breaking `by (zone)`)
+/// or repeat the same counts once per zone (doubling every sum). Which zones use which endpoint
+/// is [`ZoneEndpoint`], a separate series to join on.
 pub struct EndpointSample {
-    pub zone: String,
     pub endpoint: String,
     pub queries: u64,
     pub errors: Vec<(&'static str, u64)>,
@@ -445,10 +515,9 @@ pub struct EndpointSample {
 }
 
 impl EndpointSample {
-    pub fn from_endpoint(zone: &str, e: &nodedns_upstream::Endpoint) -> Self {
+    pub fn from_endpoint(e: &nodedns_upstream::Endpoint) -> Self {
         use std::sync::atomic::Ordering::Relaxed;
         Self {
-            zone: zone.to_string(),
             endpoint: e.addr.to_string(),
             queries: e.stats.queries.load(Relaxed),
             errors: ErrorKind::ALL.iter().map(|k| (k.label(), e.stats.error(*k))).collect(),
@@ -458,6 +527,41 @@ impl EndpointSample {
             ejections: e.ejections.load(Relaxed),
         }
     }
+}
+
+/// One zone's use of one endpoint: `nodedns_upstream_zone_endpoint{zone, endpoint, role} 1`.
+pub struct ZoneEndpoint {
+    pub zone: String,
+    pub endpoint: String,
+    /// `primary` (configured or discovered) or `fallback` (the fixed address of a discovering
+    /// zone, asked only when every discovered endpoint is ejected).
+    pub role: &'static str,
+}
+
+/// Everything the scrape-time collector reads.
+pub struct ScrapeSample {
+    pub cache: CacheSample,
+    pub endpoints: Vec<EndpointSample>,
+    pub zone_endpoints: Vec<ZoneEndpoint>,
+}
+
+/// The upstream part of a scrape from every `(zone, role, endpoint)` use: one sample per
+/// distinct endpoint (in first-use order) and one [`ZoneEndpoint`] per use.
+pub fn upstream_sample(
+    uses: &[(&str, &'static str, Arc<nodedns_upstream::Endpoint>)],
+) -> (Vec<EndpointSample>, Vec<ZoneEndpoint>) {
+    let mut distinct: Vec<&Arc<nodedns_upstream::Endpoint>> = Vec::new();
+    let mut pairs = Vec::with_capacity(uses.len());
+    for (zone, role, e) in uses {
+        if !distinct.iter().any(|d| d.addr == e.addr) {
+            distinct.push(e);
+        }
+        let endpoint = e.addr.to_string();
+        if !pairs.iter().any(|p: &ZoneEndpoint| p.zone == *zone && p.endpoint == endpoint) {
+            pairs.push(ZoneEndpoint { zone: zone.to_string(), endpoint, role });
+        }
+    }
+    (distinct.into_iter().map(|e| EndpointSample::from_endpoint(e)).collect(), pairs)
 }
 
 /// A sample of the cache.
@@ -472,15 +576,12 @@ pub struct CacheSample {
 /// Reads live state through a closure at scrape time.
 pub struct ScrapedCollector {
     descs: Vec<Desc>,
-    sample: Box<dyn Fn() -> (CacheSample, Vec<EndpointSample>) + Send + Sync>,
+    sample: Box<dyn Fn() -> ScrapeSample + Send + Sync>,
     coredns_compatible: bool,
 }
 
 impl ScrapedCollector {
-    pub fn new(
-        coredns_compatible: bool,
-        sample: Box<dyn Fn() -> (CacheSample, Vec<EndpointSample>) + Send + Sync>,
-    ) -> Self {
+    pub fn new(coredns_compatible: bool, sample: Box<dyn Fn() -> ScrapeSample + Send + Sync>) -> Self {
         let d = |name: &str, help: &str, labels: &[&str]| {
             must(Desc::new(
                 name.into(),
@@ -495,12 +596,25 @@ impl ScrapedCollector {
             d(CACHE_MAX_BYTES, "The configured cache byte bound.", &[]),
             d(CACHE_EVICTIONS, "Entries evicted to stay under the byte bound.", &[]),
             d(CACHE_SPLIT_PAIRS, "A/AAAA pairs stored split (one NXDOMAIN, one NOERROR).", &[]),
-            d(UPSTREAM_QUERIES, "Queries sent to each upstream endpoint.", &["zone", "endpoint"]),
-            d(UPSTREAM_ERRORS, "Upstream failures by endpoint and kind.", &["zone", "endpoint", "kind"]),
-            d(UPSTREAM_DURATION, "Upstream round-trip time of answered queries.", &["zone", "endpoint"]),
-            d(UPSTREAM_HEALTHY, "1 if the endpoint is in rotation, 0 if ejected.", &["zone", "endpoint"]),
-            d(UPSTREAM_OPEN_CONNECTIONS, "Open TCP connections to the endpoint.", &["zone", "endpoint"]),
-            d(UPSTREAM_EJECTIONS, "Times the endpoint was ejected.", &["zone", "endpoint"]),
+            d(
+                UPSTREAM_QUERIES,
+                "Queries sent to each upstream endpoint, client queries and health probes of ejected endpoints.",
+                &["endpoint"],
+            ),
+            d(
+                UPSTREAM_ERRORS,
+                "Upstream failures by endpoint and kind, health probes included.",
+                &["endpoint", "kind"],
+            ),
+            d(UPSTREAM_DURATION, "Upstream round-trip time of answered queries.", &["endpoint"]),
+            d(UPSTREAM_HEALTHY, "1 if the endpoint is in rotation, 0 if ejected.", &["endpoint"]),
+            d(UPSTREAM_OPEN_CONNECTIONS, "Open TCP connections to the endpoint.", &["endpoint"]),
+            d(UPSTREAM_EJECTIONS, "Times the endpoint was ejected.", &["endpoint"]),
+            d(
+                UPSTREAM_ZONE_ENDPOINTS,
+                "1 for each zone and upstream endpoint it forwards to (role primary or fallback).",
+                &["zone", "endpoint", "role"],
+            ),
         ];
         if coredns_compatible {
             descs.push(d(
@@ -552,7 +666,7 @@ impl Collector for ScrapedCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let (cache, endpoints) = (self.sample)();
+        let ScrapeSample { cache, endpoints, zone_endpoints } = (self.sample)();
         let help = |i: usize| self.descs[i].help.clone();
         let mut out = vec![
             family(CACHE_ENTRIES, &help(0), MetricType::GAUGE, vec![gauge_metric(vec![], cache.entries as f64)]),
@@ -571,7 +685,7 @@ impl Collector for ScrapedCollector {
                 vec![counter_metric(vec![], cache.split_pairs as f64)],
             ),
         ];
-        let ep_labels = |e: &EndpointSample| vec![label("endpoint", &e.endpoint), label("zone", &e.zone)];
+        let ep_labels = |e: &EndpointSample| vec![label("endpoint", &e.endpoint)];
         let mut queries = Vec::new();
         let mut errors = Vec::new();
         let mut durations = Vec::new();
@@ -581,10 +695,7 @@ impl Collector for ScrapedCollector {
         for e in &endpoints {
             queries.push(counter_metric(ep_labels(e), e.queries as f64));
             for (kind, n) in &e.errors {
-                errors.push(counter_metric(
-                    vec![label("endpoint", &e.endpoint), label("kind", kind), label("zone", &e.zone)],
-                    *n as f64,
-                ));
+                errors.push(counter_metric(vec![label("endpoint", &e.endpoint), label("kind", kind)], *n as f64));
             }
             let (buckets, count, sum) = e.latency;
             let mut h = proto::Histogram::default();
@@ -618,10 +729,22 @@ impl Collector for ScrapedCollector {
             out.push(family(UPSTREAM_OPEN_CONNECTIONS, &help(9), MetricType::GAUGE, conns));
             out.push(family(UPSTREAM_EJECTIONS, &help(10), MetricType::COUNTER, ejections));
         }
+        if !zone_endpoints.is_empty() {
+            let pairs = zone_endpoints
+                .iter()
+                .map(|z| {
+                    gauge_metric(
+                        vec![label("endpoint", &z.endpoint), label("role", z.role), label("zone", &z.zone)],
+                        1.0,
+                    )
+                })
+                .collect();
+            out.push(family(UPSTREAM_ZONE_ENDPOINTS, &help(11), MetricType::GAUGE, pairs));
+        }
         if self.coredns_compatible {
             out.push(family(
                 COREDNS_CACHE_ENTRIES,
-                &help(11),
+                &help(12),
                 MetricType::GAUGE,
                 vec![gauge_metric(
                     vec![
@@ -642,34 +765,195 @@ impl Collector for ScrapedCollector {
 mod tests {
     use super::*;
 
+    use nodedns_wire::{Parsed, parse_query, render_rejection};
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    fn with_upstreams(m: &Metrics, uses: Vec<(&'static str, &'static str, Arc<nodedns_upstream::Endpoint>)>) {
+        m.register_scraped(Box::new(ScrapedCollector::new(
+            m.coredns_compatible(),
+            Box::new(move || {
+                let (endpoints, zone_endpoints) = upstream_sample(&uses);
+                ScrapeSample {
+                    cache: CacheSample { entries: 1, bytes: 2, max_bytes: 3, evictions: 4, split_pairs: 5 },
+                    endpoints,
+                    zone_endpoints,
+                }
+            }),
+        )));
+    }
+
     #[test]
     fn every_name_is_exported_in_compatible_mode() {
         let m = Metrics::new(true);
         m.request(Proto::Udp, 1);
         m.response("NOERROR");
         m.answered(CacheResult::Hit, 1, 0.0001);
-        m.shed(ShedReason::Inflight);
-        m.malformed("bad_name");
-        m.node_setup_error("iptables");
-        m.config_reloads.with_label_values(&["success"]).inc();
-        m.local_synthesized.with_label_values(&["cluster.local."]).inc();
-        m.node_repairs.inc();
-        m.register_scraped(Box::new(ScrapedCollector::new(
-            true,
-            Box::new(|| {
-                let e = nodedns_upstream::Endpoint::new("10.0.0.1:53".parse().unwrap());
-                (
-                    CacheSample { entries: 1, bytes: 2, max_bytes: 3, evictions: 4, split_pairs: 5 },
-                    vec![EndpointSample::from_endpoint("cluster.local.", &e)],
-                )
-            }),
-        )));
+        m.known_zone("cluster.local.");
+        let e = Arc::new(nodedns_upstream::Endpoint::new("10.0.0.1:53".parse().unwrap()));
+        with_upstreams(&m, vec![("cluster.local.", "primary", e)]);
         let text = m.render();
         for name in ALL_NAMES {
-            assert!(text.contains(&format!("\n{name}")) || text.contains(&format!("# TYPE {name}")), "{name} missing");
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
-        assert!(text.contains("nodedns_requests_total{proto=\"udp\",qtype=\"A\"} 1"));
-        assert!(text.contains("nodedns_upstream_healthy{endpoint=\"10.0.0.1:53\",zone=\"cluster.local.\"} 1"));
+        assert_eq!(sample(&text, "nodedns_requests_total{proto=\"udp\",qtype=\"A\"}"), Some(1.0));
+        assert_eq!(sample(&text, "nodedns_upstream_healthy{endpoint=\"10.0.0.1:53\"}"), Some(1.0));
+    }
+
+    /// A series born at 1 is invisible to `increase()`: the first rejected reload, shed query or
+    /// setup error would never fire an alert. Every known label value is there at 0 from the start.
+    #[test]
+    fn known_label_values_start_at_zero() {
+        let m = Metrics::new(true);
+        let e = Arc::new(nodedns_upstream::Endpoint::new("10.0.0.1:53".parse().unwrap()));
+        with_upstreams(&m, vec![("cluster.local.", "primary", e)]);
+        m.known_zone("cluster.local.");
+        let text = m.render();
+        let mut expected: Vec<String> = Vec::new();
+        expected.extend(CONFIG_RELOAD_RESULTS.iter().map(|r| format!("{CONFIG_RELOADS}{{result=\"{r}\"}}")));
+        expected.extend(SHED_REASONS.iter().map(|r| format!("{SHED}{{reason=\"{r}\"}}")));
+        expected.extend(MALFORMED_REASONS.iter().map(|r| format!("{MALFORMED}{{reason=\"{r}\"}}")));
+        expected.extend(NODE_SETUP_ERROR_KINDS.iter().map(|k| format!("{NODE_SETUP_ERRORS}{{kind=\"{k}\"}}")));
+        expected.extend(NODE_SETUP_ERROR_KINDS.iter().map(|k| format!("{COREDNS_SETUP_ERRORS}{{errortype=\"{k}\"}}")));
+        expected.extend(RCODES.iter().map(|r| format!("{RESPONSES}{{rcode=\"{r}\"}}")));
+        expected.extend(
+            ErrorKind::ALL
+                .iter()
+                .map(|k| format!("{UPSTREAM_ERRORS}{{endpoint=\"10.0.0.1:53\",kind=\"{}\"}}", k.label())),
+        );
+        expected.push(format!("{LOCAL_SYNTHESIZED}{{zone=\"cluster.local.\"}}"));
+        expected.push(format!("{UPSTREAM_EJECTIONS}{{endpoint=\"10.0.0.1:53\"}}"));
+        expected.push(HEALTH_SELF_QUERIES.to_string());
+        expected.push(NODE_REPAIRS.to_string());
+        for series in &expected {
+            assert_eq!(sample(&text, series), Some(0.0), "{series} not exported at 0:\n{text}");
+        }
+        // Every reason the serving paths can count is one of the pre-created ones.
+        for r in [
+            nodedns_wire::Rejection::NotImp,
+            nodedns_wire::Rejection::BadVers,
+            nodedns_wire::Rejection::Refused,
+            nodedns_wire::Rejection::FormErr(nodedns_wire::Malformed::QuestionCount),
+            nodedns_wire::Rejection::FormErr(nodedns_wire::Malformed::BadName),
+            nodedns_wire::Rejection::FormErr(nodedns_wire::Malformed::ShortQuestion),
+            nodedns_wire::Rejection::FormErr(nodedns_wire::Malformed::UnexpectedRecords),
+            nodedns_wire::Rejection::FormErr(nodedns_wire::Malformed::BadRecord),
+            nodedns_wire::Rejection::FormErr(nodedns_wire::Malformed::BadOpt),
+            nodedns_wire::Rejection::FormErr(nodedns_wire::Malformed::TrailingBytes),
+        ] {
+            assert!(MALFORMED_REASONS.contains(&r.label()), "{} not pre-created", r.label());
+        }
+        for f in
+            [nodedns_wire::framing::FrameError::ZeroLength, nodedns_wire::framing::FrameError::ShorterThanHeader(3)]
+        {
+            assert!(MALFORMED_REASONS.contains(&f.label()), "{} not pre-created", f.label());
+        }
+    }
+
+    #[test]
+    fn build_info_is_a_gauge_at_one() {
+        let text = Metrics::new(false).render();
+        assert!(text.contains(&format!("# TYPE {BUILD_INFO} gauge")), "{text}");
+        let series = format!("{BUILD_INFO}{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(sample(&text, &series), Some(1.0));
+    }
+
+    fn health_query(id: u16) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        q.extend_from_slice(b"\x06HEALTH\x07nodedns\x00\x00\x10\x00\x03");
+        q
+    }
+
+    #[test]
+    fn health_self_query_is_not_client_traffic() {
+        let m = Metrics::new(true);
+        let packet = health_query(7);
+        let Parsed::Reject(r) = parse_query(&packet) else { panic!("the self-query must be rejected (class CH)") };
+        let mut out = [0u8; 512];
+        let len = render_rejection(&r, &mut out).unwrap();
+        m.rejected(&r, Some(&out[..len]));
+        let text = m.render();
+        assert_eq!(sample(&text, HEALTH_SELF_QUERIES), Some(1.0));
+        assert_eq!(sample(&text, "nodedns_responses_total{rcode=\"REFUSED\"}"), Some(0.0));
+        assert_eq!(sample(&text, "nodedns_malformed_queries_total{reason=\"refused_type_or_class\"}"), Some(0.0));
+
+        // Another CH query is a client's: counted as one.
+        let mut other = health_query(8);
+        other[13] = b'w';
+        let Parsed::Reject(r) = parse_query(&other) else { panic!() };
+        let len = render_rejection(&r, &mut out).unwrap();
+        m.rejected(&r, Some(&out[..len]));
+        let text = m.render();
+        assert_eq!(sample(&text, HEALTH_SELF_QUERIES), Some(1.0));
+        assert_eq!(sample(&text, "nodedns_responses_total{rcode=\"REFUSED\"}"), Some(1.0));
+        assert_eq!(sample(&text, "nodedns_malformed_queries_total{reason=\"refused_type_or_class\"}"), Some(1.0));
+    }
+
+    #[test]
+    fn badvers_is_counted_as_badvers() {
+        let m = Metrics::new(true);
+        // example.com A with an OPT record of EDNS version 1.
+        let mut q = vec![0, 9, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+        q.extend_from_slice(b"\x07example\x03com\x00\x00\x01\x00\x01");
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 1, 0, 0, 0, 0]);
+        let Parsed::Reject(r) = parse_query(&q) else { panic!("EDNS version 1 must be rejected") };
+        assert_eq!(r.reason, Rejection::BadVers);
+        let mut out = [0u8; 512];
+        let len = render_rejection(&r, &mut out).unwrap();
+        assert_eq!(response_rcode_label(&out[..len]), "NOERROR", "the header alone cannot say BADVERS");
+        m.rejected(&r, Some(&out[..len]));
+        let text = m.render();
+        assert_eq!(sample(&text, "nodedns_responses_total{rcode=\"BADVERS\"}"), Some(1.0));
+        assert_eq!(sample(&text, "nodedns_responses_total{rcode=\"NOERROR\"}"), Some(0.0));
+        assert_eq!(
+            sample(
+                &text,
+                "coredns_dns_responses_total{plugin=\"cache\",rcode=\"BADVERS\",server=\"dns://:53\",view=\"\",zone=\".\"}"
+            ),
+            Some(1.0)
+        );
+    }
+
+    /// The default config forwards cluster.local, in-addr.arpa and ip6.arpa to one address: its
+    /// series must not carry a joined `zone` ("a.,b.") nor repeat per zone; the zones are a
+    /// separate mapping, fallbacks included.
+    #[test]
+    fn an_endpoint_shared_by_zones_is_one_series_with_a_mapping_per_zone() {
+        let m = Metrics::new(false);
+        let shared = Arc::new(nodedns_upstream::Endpoint::new("10.96.0.11:53".parse().unwrap()));
+        let pod = Arc::new(nodedns_upstream::Endpoint::new("10.244.1.5:53".parse().unwrap()));
+        shared.stats.queries.fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        with_upstreams(
+            &m,
+            vec![
+                ("cluster.local.", "primary", pod.clone()),
+                ("cluster.local.", "fallback", shared.clone()),
+                ("in-addr.arpa.", "primary", shared.clone()),
+                ("ip6.arpa.", "primary", shared.clone()),
+            ],
+        );
+        let text = m.render();
+        let queries: Vec<&str> = text.lines().filter(|l| l.starts_with(UPSTREAM_QUERIES)).collect();
+        assert_eq!(
+            queries,
+            [
+                "nodedns_upstream_queries_total{endpoint=\"10.244.1.5:53\"} 0",
+                "nodedns_upstream_queries_total{endpoint=\"10.96.0.11:53\"} 3"
+            ]
+        );
+        assert!(!text.contains(".,"), "no joined zone labels:\n{text}");
+        for pair in [
+            "{endpoint=\"10.244.1.5:53\",role=\"primary\",zone=\"cluster.local.\"}",
+            "{endpoint=\"10.96.0.11:53\",role=\"fallback\",zone=\"cluster.local.\"}",
+            "{endpoint=\"10.96.0.11:53\",role=\"primary\",zone=\"in-addr.arpa.\"}",
+            "{endpoint=\"10.96.0.11:53\",role=\"primary\",zone=\"ip6.arpa.\"}",
+        ] {
+            assert_eq!(sample(&text, &format!("{UPSTREAM_ZONE_ENDPOINTS}{pair}")), Some(1.0), "{pair}:\n{text}");
+        }
+        assert_eq!(text.lines().filter(|l| l.starts_with(UPSTREAM_ZONE_ENDPOINTS)).count(), 4);
     }
 
     #[test]

@@ -174,6 +174,11 @@ impl UpstreamPool {
         self.endpoints.read().clone()
     }
 
+    /// The fallback endpoints (for metrics).
+    pub fn fallback(&self) -> Arc<[Arc<EndpointState>]> {
+        self.fallback.read().clone()
+    }
+
     /// Sets the fallback endpoints, tried only when every endpoint is ejected.
     pub fn set_fallback(&self, addrs: &[SocketAddr]) {
         let old = self.fallback.read().clone();
@@ -345,11 +350,17 @@ impl UpstreamPool {
             // answering, so the probe can wait for the next round.
             let Some(_permit) = state.endpoint.acquire(Duration::ZERO).await else { continue };
             let started = Instant::now();
-            if exchange_and_ingest(&self.config, state, q, bailiwick, started + self.config.query_timeout).await.is_ok()
-                && state.endpoint.record_success(started.elapsed()) == Some(HealthChange::Readmitted)
-            {
-                info!(endpoint = %state.endpoint.addr, "upstream endpoint answered a health probe: re-admitted");
-                readmitted += 1;
+            // Probes are counted as queries and their failures as errors: while every endpoint is
+            // ejected, client queries fail fast without reaching one, and the probes are all the
+            // traffic left, so an error ratio without them goes 0/0 and the alert on it resolves.
+            state.endpoint.stats.queries.fetch_add(1, Relaxed);
+            match exchange_and_ingest(&self.config, state, q, bailiwick, started + self.config.query_timeout).await {
+                Ok(_) if state.endpoint.record_success(started.elapsed()) == Some(HealthChange::Readmitted) => {
+                    info!(endpoint = %state.endpoint.addr, "upstream endpoint answered a health probe: re-admitted");
+                    readmitted += 1;
+                }
+                Ok(_) => {}
+                Err((kind, _)) => state.endpoint.count_failure(kind),
             }
         }
         readmitted

@@ -334,7 +334,12 @@ async fn serve_connection(
         // `_busy` lives until this frame is answered, or handed to its miss task.
         let (n, _busy) = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s) => {
+                // Draining: this connection is read no more (answers in flight still go out);
+                // its client reconnects to the successor.
+                engine.metrics.shed(ShedReason::Draining);
+                break;
+            }
             _ = state.close.notified() => {
                 debug!(client = %peer, "closing idle TCP connection: the client opened a newer one at the cap");
                 break;
@@ -360,12 +365,10 @@ async fn serve_connection(
                 continue;
             }
             Parsed::Reject(r) => {
-                engine.metrics.malformed(r.reason.label());
-                if render_frame(&mut outbuf, |out| render_rejection(&r, out)).is_some() {
-                    engine.metrics.response(response_rcode_label(&outbuf[2..]));
-                    if !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
-                        break;
-                    }
+                let rendered = render_frame(&mut outbuf, |out| render_rejection(&r, out)).is_some();
+                engine.metrics.rejected(&r, rendered.then(|| &outbuf[2..]));
+                if rendered && !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
+                    break;
                 }
                 continue;
             }
@@ -514,5 +517,35 @@ mod tests {
         assert_eq!(reg.total, 1);
         assert_eq!(reg.per_client.len(), 1, "a client's entry leaves with its last connection");
         assert!(reg.all.len() <= 2 + GLOBAL_VICTIM_SCAN, "global list: {} entries", reg.all.len());
+    }
+
+    #[tokio::test]
+    async fn connections_closed_by_drain_are_counted_as_shed() {
+        let config = crate::config::Config::parse(
+            "listen: [\"127.0.0.1:5353\"]\nzones:\n  - name: \".\"\n    upstreams: [\"127.0.0.1:9\"]\n",
+            "test.yaml",
+        )
+        .expect("config");
+        let metrics = crate::metrics::Metrics::new(false);
+        let engine = Engine::new(&config, metrics.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = TcpConnections::new(config.limits.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(run_listener(listener, engine, conns.clone(), stop_rx));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conns.open() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(conns.open(), 1);
+        let draining = "nodedns_shed_total{reason=\"draining\"}";
+        assert!(metrics.render().contains(&format!("{draining} 0")));
+        stop_tx.send(true).unwrap();
+        // The server closes the connection: the client reads end of stream.
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "connection not closed by drain: {read:?}");
+        assert!(metrics.render().contains(&format!("{draining} 1")), "{}", metrics.render());
     }
 }

@@ -176,10 +176,9 @@ fn handle_datagram(
             return None;
         }
         Parsed::Reject(r) => {
-            engine.metrics.malformed(r.reason.label());
-            let len = render_rejection(&r, out)?;
-            engine.metrics.response(response_rcode_label(&out[..len]));
-            return Some(Reply { len, cache_hit_qtype: None });
+            let len = render_rejection(&r, out);
+            engine.metrics.rejected(&r, len.map(|len| &out[..len]));
+            return Some(Reply { len: len?, cache_hit_qtype: None });
         }
         Parsed::Drop => {
             engine.metrics.malformed("unparseable_header");
