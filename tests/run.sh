@@ -6,10 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# prometheus: promtool for the alert rule tests (tests/deploy/validate.sh) and the server for tests/e2e/prometheus.rs.
 # gcc/g++: mimalloc (the binary's allocator) and libFuzzer (tests/fuzz.sh) are built from C/C++.
 # musl-tools, golang-go, nodejs, python3-dnspython: the resolvers of tests/e2e/clients.rs.
 packages=(knot bind9-dnsutils iproute2 iptables nftables conntrack procps libc-bin python3 python3-venv curl util-linux
-  unbound gcc g++ musl-tools golang-go nodejs python3-dnspython)
+  unbound gcc g++ musl-tools golang-go nodejs python3-dnspython prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

