@@ -203,8 +203,9 @@ thread_local! {
 impl Engine {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
         let registry = EndpointRegistry::new();
-        let zones: Vec<Arc<Zone>> = config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &config.limits, &registry))).collect();
-        zones.iter().filter(|z| z.config.kubernetes_schema).for_each(|z| metrics.known_zone(&z.label));
+        let zones: Vec<Arc<Zone>> =
+            config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &config.limits, &registry))).collect();
+        metrics.zones(&zones);
         Arc::new(Self {
             cache: Cache::new(CacheLimits {
                 max_bytes: config.cache.max_bytes,
@@ -262,7 +263,7 @@ impl Engine {
                 zone.pool.set_fallback(zone.config.upstreams.addrs());
             }
         }
-        next.iter().filter(|z| z.config.kubernetes_schema).for_each(|z| self.metrics.known_zone(&z.label));
+        self.metrics.zones(&next);
         *self.cache_config.write() = config.cache.clone();
         *self.zones.write() = Arc::new(next);
     }

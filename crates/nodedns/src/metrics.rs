@@ -3,8 +3,10 @@
 //! Handles for the hot path are resolved once at start, so a counted query costs a few atomic
 //! adds and no lookups.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -227,14 +229,110 @@ pub struct Metrics {
     coredns: Option<CorednsMetrics>,
 }
 
-/// The NodeLocal DNSCache metric names with CoreDNS's labels, for existing dashboards.
+/// The NodeLocal DNSCache metric names with CoreDNS's labels, for existing dashboards. The labels
+/// say what happened: `server` is the listener the query came in on (`dns://169.254.20.10:53`),
+/// `zone` the configured zone that covers the name, `family` the client's (1 IPv4, 2 IPv6, as
+/// CoreDNS), cache `type` success or denial (NXDOMAIN or NODATA). Handles are looked up per
+/// query (a hash of the label values): this costs a few hundred nanoseconds, only when enabled.
 struct CorednsMetrics {
-    requests: Vec<IntCounter>,
-    responses: Vec<IntCounter>,
-    duration: Vec<Histogram>,
-    hits: IntCounter,
-    misses: IntCounter,
+    requests: IntCounterVec,
+    responses: IntCounterVec,
+    duration: prometheus::HistogramVec,
+    hits: IntCounterVec,
+    misses: IntCounterVec,
     setup_errors: IntCounterVec,
+    /// `server` label and `family` of each listener, by [`At::listener`].
+    listeners: RwLock<Vec<(String, &'static str)>>,
+    /// The configured zones (lowercase wire name, label), by [`At::zone`].
+    zones: RwLock<Vec<(Vec<u8>, String)>>,
+}
+
+/// Where a query came in and which zone covers it: the `server` and `zone` labels of the
+/// CoreDNS-compatible series (indices; both ignored when those series are off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct At {
+    listener: u16,
+    zone: u16,
+}
+
+/// [`At::zone`] of a name no configured zone covers, or of a query without a usable name.
+const ROOT_ZONE: u16 = u16::MAX;
+
+impl At {
+    /// A query on `listener` whose zone is unknown (unparseable, or no zone covers it).
+    pub fn listener(listener: u16) -> At {
+        At { listener, zone: ROOT_ZONE }
+    }
+}
+
+/// Whether an answer is a denial (NXDOMAIN, or NOERROR without answers: NODATA), the cache `type`
+/// CoreDNS calls "denial".
+fn is_denial(response: &[u8]) -> bool {
+    let rcode = response.get(3).map(|b| b & 0x0f);
+    let ancount = response.get(6..8).map(|a| u16::from_be_bytes([a[0], a[1]]));
+    rcode == Some(3) || (rcode == Some(0) && ancount == Some(0))
+}
+
+impl CorednsMetrics {
+    /// Calls `f` with the `server`, `zone` and `family` label values of `at`.
+    fn with_labels(&self, at: At, f: impl FnOnce(&str, &str, &str)) {
+        let listeners = self.listeners.read();
+        let zones = self.zones.read();
+        let (server, family) = listeners.get(at.listener as usize).map_or(("", "1"), |(s, f)| (s.as_str(), *f));
+        let zone = zones.get(at.zone as usize).map_or(".", |(_, label)| label.as_str());
+        f(server, zone, family)
+    }
+
+    /// The zone covering `qname` (wire form, any case): the longest configured suffix.
+    fn zone_of(&self, qname: &[u8]) -> u16 {
+        let zones = self.zones.read();
+        let mut i = 0;
+        while i < qname.len() {
+            if let Some(z) = zones.iter().position(|(wire, _)| qname[i..].eq_ignore_ascii_case(wire)) {
+                return z as u16;
+            }
+            i += qname[i] as usize + 1;
+        }
+        ROOT_ZONE
+    }
+
+    fn hit_or_miss(&self, at: At, result: CacheResult, qtype: u16, denial: bool, seconds: f64) {
+        self.with_labels(at, |server, zone, _| {
+            self.duration.with_label_values(&[server, zone, "", qtype_label(qtype_index(qtype))]).observe(seconds);
+            match result {
+                CacheResult::Hit => {
+                    let kind = if denial { "denial" } else { "success" };
+                    self.hits.with_label_values(&[server, kind, "", zone]).inc()
+                }
+                CacheResult::Miss | CacheResult::Stale => self.misses.with_label_values(&[server, "", zone]).inc(),
+            }
+        });
+    }
+
+    /// Creates the series of every listener × zone at 0, so `rate()` sees their first query.
+    fn precreate(&self) {
+        let listeners = self.listeners.read().clone();
+        let mut zones: Vec<String> = self.zones.read().iter().map(|(_, l)| l.clone()).collect();
+        if !zones.iter().any(|z| z == ".") {
+            zones.push(".".into());
+        }
+        for (server, family) in &listeners {
+            for zone in &zones {
+                for proto in ["udp", "tcp"] {
+                    for i in 0..=QTYPE_OTHER {
+                        self.requests.with_label_values(&[server, zone, "", proto, family, qtype_label(i)]);
+                    }
+                }
+                for r in RCODES {
+                    self.responses.with_label_values(&[server, zone, "", r, "cache"]);
+                }
+                for kind in ["success", "denial"] {
+                    self.hits.with_label_values(&[server, kind, "", zone]);
+                }
+                self.misses.with_label_values(&[server, "", zone]);
+            }
+        }
+    }
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -334,53 +432,42 @@ impl Metrics {
         );
 
         let coredns = coredns_compatible.then(|| {
-            let req = must(IntCounterVec::new(
-                Opts::new(COREDNS_REQUESTS, "Counter of DNS requests made per zone, protocol and family."),
+            let requests = vec(
+                COREDNS_REQUESTS,
+                "Counter of DNS requests made per zone, protocol and family.",
                 &["server", "zone", "view", "proto", "family", "type"],
-            ));
-            let mut requests = Vec::new();
-            for proto in ["udp", "tcp"] {
-                for i in 0..=QTYPE_OTHER {
-                    requests.push(req.with_label_values(&["dns://:53", ".", "", proto, "1", qtype_label(i)]));
-                }
-            }
-            reg(Box::new(req));
-            let resp = must(IntCounterVec::new(
-                Opts::new(COREDNS_RESPONSES, "Counter of response status codes."),
+            );
+            let responses = vec(
+                COREDNS_RESPONSES,
+                "Counter of response status codes.",
                 &["server", "zone", "view", "rcode", "plugin"],
-            ));
-            let responses =
-                RCODES.iter().map(|r| resp.with_label_values(&["dns://:53", ".", "", r, "cache"])).collect();
-            reg(Box::new(resp));
-            let dur = must(prometheus::HistogramVec::new(
+            );
+            let duration = must(prometheus::HistogramVec::new(
                 HistogramOpts::new(COREDNS_REQUEST_DURATION, "Histogram of the time (in seconds) each request took.")
                     .buckets(REQUEST_BUCKETS.to_vec()),
                 &["server", "zone", "view", "type"],
             ));
-            let duration =
-                (0..=QTYPE_OTHER).map(|i| dur.with_label_values(&["dns://:53", ".", "", qtype_label(i)])).collect();
-            reg(Box::new(dur));
-            let hits_vec = must(IntCounterVec::new(
-                Opts::new(COREDNS_CACHE_HITS, "The count of cache hits."),
-                &["server", "type", "view", "zones"],
-            ));
-            let hits = hits_vec.with_label_values(&["dns://:53", "success", "", "."]);
-            reg(Box::new(hits_vec));
-            let misses_vec = must(IntCounterVec::new(
-                Opts::new(COREDNS_CACHE_MISSES, "The count of cache misses."),
-                &["server", "view", "zones"],
-            ));
-            let misses = misses_vec.with_label_values(&["dns://:53", "", "."]);
-            reg(Box::new(misses_vec));
-            let setup_errors = must(IntCounterVec::new(
-                Opts::new(COREDNS_SETUP_ERRORS, "The number of errors during periodic network setup for node-cache."),
+            reg(Box::new(duration.clone()));
+            let hits = vec(COREDNS_CACHE_HITS, "The count of cache hits.", &["server", "type", "view", "zones"]);
+            let misses = vec(COREDNS_CACHE_MISSES, "The count of cache misses.", &["server", "view", "zones"]);
+            let setup_errors = vec(
+                COREDNS_SETUP_ERRORS,
+                "The number of errors during periodic network setup for node-cache.",
                 &["errortype"],
-            ));
+            );
             for k in NODE_SETUP_ERROR_KINDS {
                 setup_errors.with_label_values(&[k]);
             }
-            reg(Box::new(setup_errors.clone()));
-            CorednsMetrics { requests, responses, duration, hits, misses, setup_errors }
+            CorednsMetrics {
+                requests,
+                responses,
+                duration,
+                hits,
+                misses,
+                setup_errors,
+                listeners: RwLock::new(Vec::new()),
+                zones: RwLock::new(Vec::new()),
+            }
         });
 
         Arc::new(Self {
@@ -410,38 +497,96 @@ impl Metrics {
         self.coredns.is_some()
     }
 
+    /// Registers a listening address (once per address, whatever the number of sockets) for
+    /// the `server` label; returns its index for [`At`].
+    pub fn listener(&self, addr: SocketAddr) -> u16 {
+        let Some(c) = &self.coredns else { return 0 };
+        let server = format!("dns://{addr}");
+        let mut listeners = c.listeners.write();
+        let i = match listeners.iter().position(|(s, _)| *s == server) {
+            Some(i) => i,
+            None => {
+                listeners.push((server, if addr.is_ipv4() { "1" } else { "2" }));
+                listeners.len() - 1
+            }
+        };
+        drop(listeners);
+        c.precreate();
+        i as u16
+    }
+
+    /// The zones as configured now (at start and after each reload): `zone` labels, and
+    /// `nodedns_local_synthesized_total` at 0 for the zones answered under the Kubernetes schema.
+    pub fn zones(&self, zones: &[Arc<crate::engine::Zone>]) {
+        for z in zones.iter().filter(|z| z.config.kubernetes_schema) {
+            self.known_zone(&z.label);
+        }
+        let Some(c) = &self.coredns else { return };
+        let named = zones.iter().filter_map(|z| {
+            let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&z.config.name.to_lowercase()).ok()?;
+            Some((wire, z.label.clone()))
+        });
+        *c.zones.write() = named.collect();
+        c.precreate();
+    }
+
+    /// Where `query` came in and which zone covers it (only looked up when the CoreDNS-compatible
+    /// series are on).
     #[inline]
-    pub fn request(&self, proto: Proto, qtype: u16) {
+    pub fn at(&self, listener: u16, query: &nodedns_wire::Query<'_>) -> At {
+        match &self.coredns {
+            Some(c) => At { listener, zone: c.zone_of(query.qname_wire()) },
+            None => At::listener(listener),
+        }
+    }
+
+    #[inline]
+    pub fn request(&self, at: At, proto: Proto, qtype: u16) {
         let i = proto as usize * (QTYPE_OTHER + 1) + qtype_index(qtype);
         self.requests[i].inc();
         if let Some(c) = &self.coredns {
-            c.requests[i].inc();
+            c.with_labels(at, |server, zone, family| {
+                let labels = [server, zone, "", proto.label(), family, qtype_label(qtype_index(qtype))];
+                c.requests.with_label_values(&labels).inc();
+            });
         }
     }
 
     #[inline]
-    pub fn response(&self, rcode_label: &str) {
+    pub fn response(&self, at: At, rcode_label: &str) {
         let i = rcode_index(rcode_label);
         self.responses[i].inc();
         if let Some(c) = &self.coredns {
-            c.responses[i].inc();
+            c.with_labels(at, |server, zone, _| {
+                c.responses.with_label_values(&[server, zone, "", RCODES[i], "cache"]).inc();
+            });
         }
     }
 
+    /// A query answered with `response`: its duration and cache result.
     #[inline]
-    pub fn answered(&self, result: CacheResult, qtype: u16, seconds: f64) {
+    pub fn answered(&self, at: At, result: CacheResult, qtype: u16, response: &[u8], seconds: f64) {
+        self.native_answered(result, seconds);
+        self.coredns_answered(at, result, qtype, response, seconds);
+    }
+
+    /// [`answered`](Self::answered) without the CoreDNS-compatible series (the UDP workers count
+    /// a batch's hits at once, and the compatible series per hit).
+    #[inline]
+    pub fn native_answered(&self, result: CacheResult, seconds: f64) {
         self.duration[result as usize].observe(seconds);
         match result {
             CacheResult::Hit => self.cache_hits.inc(),
             CacheResult::Miss => self.cache_misses.inc(),
             CacheResult::Stale => self.stale_answers.inc(),
         }
+    }
+
+    /// The CoreDNS-compatible part of [`answered`](Self::answered); nothing when they are off.
+    #[inline]
+    pub fn coredns_answered(&self, at: At, result: CacheResult, qtype: u16, response: &[u8], seconds: f64) {
         if let Some(c) = &self.coredns {
-            c.duration[qtype_index(qtype)].observe(seconds);
-            match result {
-                CacheResult::Hit => c.hits.inc(),
-                CacheResult::Miss | CacheResult::Stale => c.misses.inc(),
-            }
+            c.hit_or_miss(at, result, qtype, is_denial(response), seconds);
         }
     }
 
@@ -456,7 +601,7 @@ impl Metrics {
     /// Counts a query `parse_query` rejected: its reason, and the rcode of `response` if one was
     /// rendered. The `/health` self-query is counted apart: it is not client traffic, and a
     /// REFUSED per kubelet probe would skew the rcode mix the SERVFAIL alert divides by.
-    pub fn rejected(&self, r: &RejectedQuery<'_>, response: Option<&[u8]>) {
+    pub fn rejected(&self, at: At, r: &RejectedQuery<'_>, response: Option<&[u8]>) {
         if crate::admin::is_health_self_query(r) {
             self.health_self_queries.inc();
             return;
@@ -465,7 +610,8 @@ impl Metrics {
         if let Some(response) = response {
             // BADVERS is 16: the header's four bits say 0 (NOERROR) and the upper bits are in the
             // OPT record (RFC 6891 §6.1.3), so the header alone would count it as NOERROR.
-            self.response(if r.reason == Rejection::BadVers { "BADVERS" } else { response_rcode_label(response) });
+            let rcode = if r.reason == Rejection::BadVers { "BADVERS" } else { response_rcode_label(response) };
+            self.response(at, rcode);
         }
     }
 
@@ -619,7 +765,7 @@ impl ScrapedCollector {
         if coredns_compatible {
             descs.push(d(
                 COREDNS_CACHE_ENTRIES,
-                "The number of elements in the cache.",
+                "The number of elements in the cache (all listeners, zones and types: nodedns has one cache).",
                 &["server", "type", "view", "zones"],
             ));
         }
@@ -746,13 +892,11 @@ impl Collector for ScrapedCollector {
                 COREDNS_CACHE_ENTRIES,
                 &help(12),
                 MetricType::GAUGE,
+                // One cache serves every listener and zone, and it does not count entries by
+                // type: the series says so (no `server`, type "all", zones ".") rather than
+                // passing the total off as one listener's successes.
                 vec![gauge_metric(
-                    vec![
-                        label("server", "dns://:53"),
-                        label("type", "success"),
-                        label("view", ""),
-                        label("zones", "."),
-                    ],
+                    vec![label("server", ""), label("type", "all"), label("view", ""), label("zones", ".")],
                     cache.entries as f64,
                 )],
             ));
@@ -788,9 +932,10 @@ mod tests {
     #[test]
     fn every_name_is_exported_in_compatible_mode() {
         let m = Metrics::new(true);
-        m.request(Proto::Udp, 1);
-        m.response("NOERROR");
-        m.answered(CacheResult::Hit, 1, 0.0001);
+        let at = At::listener(m.listener("127.0.0.1:53".parse().unwrap()));
+        m.request(at, Proto::Udp, 1);
+        m.response(at, "NOERROR");
+        m.answered(at, CacheResult::Hit, 1, &[0; 12], 0.0001);
         m.known_zone("cluster.local.");
         let e = Arc::new(nodedns_upstream::Endpoint::new("10.0.0.1:53".parse().unwrap()));
         with_upstreams(&m, vec![("cluster.local.", "primary", e)]);
@@ -874,7 +1019,7 @@ mod tests {
         let Parsed::Reject(r) = parse_query(&packet) else { panic!("the self-query must be rejected (class CH)") };
         let mut out = [0u8; 512];
         let len = render_rejection(&r, &mut out).unwrap();
-        m.rejected(&r, Some(&out[..len]));
+        m.rejected(At::listener(0), &r, Some(&out[..len]));
         let text = m.render();
         assert_eq!(sample(&text, HEALTH_SELF_QUERIES), Some(1.0));
         assert_eq!(sample(&text, "nodedns_responses_total{rcode=\"REFUSED\"}"), Some(0.0));
@@ -885,7 +1030,7 @@ mod tests {
         other[13] = b'w';
         let Parsed::Reject(r) = parse_query(&other) else { panic!() };
         let len = render_rejection(&r, &mut out).unwrap();
-        m.rejected(&r, Some(&out[..len]));
+        m.rejected(At::listener(0), &r, Some(&out[..len]));
         let text = m.render();
         assert_eq!(sample(&text, HEALTH_SELF_QUERIES), Some(1.0));
         assert_eq!(sample(&text, "nodedns_responses_total{rcode=\"REFUSED\"}"), Some(1.0));
@@ -904,14 +1049,14 @@ mod tests {
         let mut out = [0u8; 512];
         let len = render_rejection(&r, &mut out).unwrap();
         assert_eq!(response_rcode_label(&out[..len]), "NOERROR", "the header alone cannot say BADVERS");
-        m.rejected(&r, Some(&out[..len]));
+        m.rejected(At::listener(m.listener("127.0.0.1:53".parse().unwrap())), &r, Some(&out[..len]));
         let text = m.render();
         assert_eq!(sample(&text, "nodedns_responses_total{rcode=\"BADVERS\"}"), Some(1.0));
         assert_eq!(sample(&text, "nodedns_responses_total{rcode=\"NOERROR\"}"), Some(0.0));
         assert_eq!(
             sample(
                 &text,
-                "coredns_dns_responses_total{plugin=\"cache\",rcode=\"BADVERS\",server=\"dns://:53\",view=\"\",zone=\".\"}"
+                "coredns_dns_responses_total{plugin=\"cache\",rcode=\"BADVERS\",server=\"dns://127.0.0.1:53\",view=\"\",zone=\".\"}"
             ),
             Some(1.0)
         );
@@ -954,6 +1099,83 @@ mod tests {
             assert_eq!(sample(&text, &format!("{UPSTREAM_ZONE_ENDPOINTS}{pair}")), Some(1.0), "{pair}:\n{text}");
         }
         assert_eq!(text.lines().filter(|l| l.starts_with(UPSTREAM_ZONE_ENDPOINTS)).count(), 4);
+    }
+
+    fn packet(name: &str, qtype: u16) -> Vec<u8> {
+        let mut q = vec![0, 1, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&nodedns_testkit::wire_name(name));
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        q
+    }
+
+    /// `server` is the listener, `zone` the zone covering the name, `family` the client's, cache
+    /// `type` success or denial: never constants.
+    #[test]
+    fn coredns_compatible_series_say_where_and_what() {
+        let config = crate::config::Config::parse(
+            "listen: [\"169.254.20.10:53\", \"[fd00::10]:53\"]\nzones:\n  - name: cluster.local\n    upstreams: [\"10.96.0.11:53\"]\n  - name: \".\"\n    upstreams: [\"10.96.0.11:53\"]\n",
+            "test.yaml",
+        )
+        .unwrap();
+        let m = Metrics::new(true);
+        let _engine = crate::engine::Engine::new(&config, m.clone());
+        let v4 = m.listener("169.254.20.10:53".parse().unwrap());
+        let v6 = m.listener("[fd00::10]:53".parse().unwrap());
+        assert_eq!(m.listener("169.254.20.10:53".parse().unwrap()), v4, "one index per address");
+
+        let cluster = packet("Web.Default.SVC.cluster.local", 1);
+        let Parsed::Query(q) = parse_query(&cluster) else { panic!() };
+        let at = m.at(v4, &q);
+        m.request(at, Proto::Udp, 1);
+        let mut answer = cluster.clone();
+        answer[2] |= 0x80;
+        answer[7] = 1; // ANCOUNT 1: a success
+        m.answered(at, CacheResult::Hit, 1, &answer, 0.001);
+        m.response(at, "NOERROR");
+
+        let external = packet("example.com", 28);
+        let Parsed::Query(q) = parse_query(&external) else { panic!() };
+        let at = m.at(v6, &q);
+        m.request(at, Proto::Tcp, 28);
+        let mut nx = external.clone();
+        nx[2] |= 0x80;
+        nx[3] = 3; // NXDOMAIN: a denial
+        m.answered(at, CacheResult::Hit, 28, &nx, 0.001);
+        m.answered(at, CacheResult::Miss, 28, &nx, 0.01);
+
+        let text = m.render();
+        for (series, value) in [
+            (
+                r#"coredns_dns_requests_total{family="1",proto="udp",server="dns://169.254.20.10:53",type="A",view="",zone="cluster.local."}"#,
+                1.0,
+            ),
+            (
+                r#"coredns_dns_requests_total{family="2",proto="tcp",server="dns://[fd00::10]:53",type="AAAA",view="",zone="."}"#,
+                1.0,
+            ),
+            (
+                r#"coredns_cache_hits_total{server="dns://169.254.20.10:53",type="success",view="",zones="cluster.local."}"#,
+                1.0,
+            ),
+            (
+                r#"coredns_cache_hits_total{server="dns://169.254.20.10:53",type="denial",view="",zones="cluster.local."}"#,
+                0.0,
+            ),
+            (r#"coredns_cache_hits_total{server="dns://[fd00::10]:53",type="denial",view="",zones="."}"#, 1.0),
+            (r#"coredns_cache_misses_total{server="dns://[fd00::10]:53",view="",zones="."}"#, 1.0),
+            (
+                r#"coredns_dns_responses_total{plugin="cache",rcode="NOERROR",server="dns://169.254.20.10:53",view="",zone="cluster.local."}"#,
+                1.0,
+            ),
+            (
+                r#"coredns_dns_request_duration_seconds_count{server="dns://[fd00::10]:53",type="AAAA",view="",zone="."}"#,
+                2.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series}:\n{text}");
+        }
+        assert!(!text.contains("dns://:53"), "no made-up listener:\n{text}");
     }
 
     #[test]

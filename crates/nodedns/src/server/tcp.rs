@@ -25,7 +25,7 @@ use nodedns_wire::{
 use crate::config::Limits;
 use crate::engine::Engine;
 use crate::logging::RateLimitedWarn;
-use crate::metrics::{CacheResult, Proto, ShedReason};
+use crate::metrics::{At, CacheResult, Proto, ShedReason};
 
 /// Connection accounting shared by every TCP listener.
 pub struct TcpConnections {
@@ -202,6 +202,7 @@ pub async fn run_listener(
     conns: Arc<TcpConnections>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener_ix = listener.local_addr().map_or(0, |a| engine.metrics.listener(a));
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -234,11 +235,12 @@ pub async fn run_listener(
             }
         };
         let _ = stream.set_nodelay(true);
+        let listener = listener_ix;
         let engine = engine.clone();
         let limits = conns.limits.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, engine, limits, stop, &guard.state).await;
+            serve_connection(stream, peer, listener, engine, limits, stop, &guard.state).await;
             drop(guard);
         });
     }
@@ -318,6 +320,7 @@ fn render_frame(frame: &mut Vec<u8>, render: impl FnOnce(&mut [u8]) -> Option<us
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    listener: u16,
     engine: Arc<Engine>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -366,7 +369,7 @@ async fn serve_connection(
             }
             Parsed::Reject(r) => {
                 let rendered = render_frame(&mut outbuf, |out| render_rejection(&r, out)).is_some();
-                engine.metrics.rejected(&r, rendered.then(|| &outbuf[2..]));
+                engine.metrics.rejected(At::listener(listener), &r, rendered.then(|| &outbuf[2..]));
                 if rendered && !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
                     break;
                 }
@@ -377,7 +380,8 @@ async fn serve_connection(
                 continue;
             }
         };
-        engine.metrics.request(Proto::Tcp, query.qtype);
+        let at = engine.metrics.at(listener, &query);
+        engine.metrics.request(at, Proto::Tcp, query.qtype);
         let local = if over_limit {
             engine.metrics.shed(ShedReason::RateLimit);
             render_frame(&mut outbuf, |out| render_rcode(&query, Rcode::Refused, out)).map(|_| false)
@@ -390,9 +394,10 @@ async fn serve_connection(
             .map(|_| true)
         };
         if let Some(hit) = local {
-            engine.metrics.response(response_rcode_label(&outbuf[2..]));
+            engine.metrics.response(at, response_rcode_label(&outbuf[2..]));
             if hit {
-                engine.metrics.answered(CacheResult::Hit, query.qtype, received.elapsed().as_secs_f64());
+                let secs = received.elapsed().as_secs_f64();
+                engine.metrics.answered(at, CacheResult::Hit, query.qtype, &outbuf[2..], secs);
             }
             if !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
                 break;
@@ -419,8 +424,9 @@ async fn serve_connection(
         let timeout = limits.tcp_idle_timeout;
         tokio::spawn(async move {
             if let Some(answer) = engine.answer_miss(&packet, Transport::Tcp).await {
-                engine.metrics.response(response_rcode_label(&answer.bytes));
-                engine.metrics.answered(answer.result, qtype, received.elapsed().as_secs_f64());
+                engine.metrics.response(at, response_rcode_label(&answer.bytes));
+                let secs = received.elapsed().as_secs_f64();
+                engine.metrics.answered(at, answer.result, qtype, &answer.bytes, secs);
                 if let Parsed::Query(q) = parse_query(&packet) {
                     let result = answer.result.label();
                     engine.sample_query_log(Some(peer), "tcp", &q, &answer.bytes, result, received.elapsed());

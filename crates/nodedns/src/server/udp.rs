@@ -17,7 +17,7 @@ use nodedns_wire::{
 
 use super::batch::{BatchIo, SEND_LEN};
 use crate::engine::Engine;
-use crate::metrics::{CacheResult, Proto, ShedReason};
+use crate::metrics::{At, CacheResult, Proto, ShedReason};
 
 /// How long a worker blocks in `recvmmsg` before checking for shutdown and beating its heart.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -29,6 +29,8 @@ pub struct MissJob {
     pub socket: Arc<UdpSocket>,
     pub received: Instant,
     pub prefetch_only: bool,
+    /// Listener and zone, for the CoreDNS-compatible series.
+    pub at: At,
 }
 
 /// Shared controls of the UDP workers.
@@ -78,6 +80,7 @@ pub fn run_worker(
     }
     let mut io = BatchIo::new(socket.as_raw_fd());
     let max_udp = engine.max_udp_payload;
+    let listener = socket.local_addr().map_or(0, |a| engine.metrics.listener(a));
     while !control.stop.load(Relaxed) {
         control.heartbeats[index].store(control.now_ms(), Relaxed);
         let stall = control.stall_until_ms.load(Relaxed);
@@ -105,40 +108,43 @@ pub fn run_worker(
         // whole milliseconds, and a batch takes microseconds.
         let started = Instant::now();
         let now = engine.timestamp(started);
-        // Cache hits of this batch by qtype, for the duration histogram (A, AAAA, other).
-        let mut hits = [0usize; 3];
+        // Cache hits of this batch, for the duration histogram.
+        let mut hits = 0usize;
         for i in 0..n {
             let Some((rx, out)) = io.received_and_send_buf(i) else {
                 break;
             };
+            let from = Received { listener, at: started, now };
             if let Some(reply) =
-                handle_datagram(&engine, &socket, &misses, rx.data, rx.truncated, || rx.peer(), max_udp, out, now)
+                handle_datagram(&engine, &socket, &misses, rx.data, rx.truncated, || rx.peer(), max_udp, out, from)
             {
                 io.queue_reply(i, reply.len);
-                if let Some(qtype) = reply.cache_hit_qtype {
-                    hits[match qtype {
-                        1 => 0,
-                        28 => 1,
-                        _ => 2,
-                    }] += 1;
-                }
+                hits += reply.cache_hit_qtype.is_some() as usize;
             }
         }
         // Counted before the answers leave, so a client that reads the metrics right after its
         // answer sees its hit. One clock read per batch: each answer's in-server time is at most
         // the batch's.
-        if hits.iter().any(|&h| h > 0) {
+        if hits > 0 {
             let secs = started.elapsed().as_secs_f64();
-            for (qtype, count) in [1u16, 28, 0].into_iter().zip(hits) {
-                for _ in 0..count {
-                    engine.metrics.answered(CacheResult::Hit, qtype, secs);
-                }
+            for _ in 0..hits {
+                engine.metrics.native_answered(CacheResult::Hit, secs);
             }
         }
         if let Err(e) = io.flush() {
             warn!(error = %e, "UDP send failed");
         }
     }
+}
+
+/// Where and when a batch was received.
+#[derive(Clone, Copy)]
+struct Received {
+    listener: u16,
+    /// When `recvmmsg` returned.
+    at: Instant,
+    /// `at` as a cache timestamp.
+    now: nodedns_cache::Timestamp,
 }
 
 /// An answer written by the worker itself.
@@ -160,7 +166,7 @@ fn handle_datagram(
     peer: impl FnOnce() -> Option<SocketAddr>,
     max_udp: u16,
     out: &mut [u8; SEND_LEN],
-    now: nodedns_cache::Timestamp,
+    from: Received,
 ) -> Option<Reply> {
     if truncated {
         // Larger than any query we accept: not worth an answer.
@@ -177,7 +183,7 @@ fn handle_datagram(
         }
         Parsed::Reject(r) => {
             let len = render_rejection(&r, out);
-            engine.metrics.rejected(&r, len.map(|len| &out[..len]));
+            engine.metrics.rejected(At::listener(from.listener), &r, len.map(|len| &out[..len]));
             return Some(Reply { len: len?, cache_hit_qtype: None });
         }
         Parsed::Drop => {
@@ -185,21 +191,26 @@ fn handle_datagram(
             return None;
         }
     };
-    engine.metrics.request(Proto::Udp, query.qtype);
+    let at = engine.metrics.at(from.listener, &query);
+    engine.metrics.request(at, Proto::Udp, query.qtype);
     if over_limit {
         engine.metrics.shed(ShedReason::RateLimit);
         let len = render_rcode(&query, Rcode::Refused, out)?;
-        engine.metrics.response("REFUSED");
+        engine.metrics.response(at, "REFUSED");
         return Some(Reply { len, cache_hit_qtype: None });
     }
     let transport = Transport::Udp { max_len: query.max_udp_response(max_udp) };
     if query.qtype == nodedns_wire::query::TYPE_ANY {
         let len = render_any_hinfo(&query, out)?;
-        engine.metrics.response("NOERROR");
+        engine.metrics.response(at, "NOERROR");
         return Some(Reply { len, cache_hit_qtype: None });
     }
-    if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out, now) {
-        engine.metrics.response(response_rcode_label(&out[..len]));
+    if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out, from.now) {
+        engine.metrics.response(at, response_rcode_label(&out[..len]));
+        if engine.metrics.coredns_compatible() {
+            let secs = from.at.elapsed().as_secs_f64();
+            engine.metrics.coredns_answered(at, CacheResult::Hit, query.qtype, &out[..len], secs);
+        }
         let client = if refresh_due || engine.query_log_on() { peer() } else { None };
         if engine.query_log_on() {
             engine.sample_query_log(client, "udp", &query, &out[..len], "hit", Duration::ZERO);
@@ -211,18 +222,25 @@ fn handle_datagram(
                 socket: socket.clone(),
                 received: Instant::now(),
                 prefetch_only: true,
+                at,
             });
         }
         return Some(Reply { len, cache_hit_qtype: Some(query.qtype) });
     }
     let peer = peer()?;
-    let job =
-        MissJob { packet: data.to_vec(), peer, socket: socket.clone(), received: Instant::now(), prefetch_only: false };
+    let job = MissJob {
+        packet: data.to_vec(),
+        peer,
+        socket: socket.clone(),
+        received: Instant::now(),
+        prefetch_only: false,
+        at,
+    };
     if misses.try_send(job).is_err() {
         // The miss queue is full: shed rather than queue without bound.
         engine.metrics.shed(ShedReason::Inflight);
         let len = render_rcode(&query, Rcode::Refused, out)?;
-        engine.metrics.response("REFUSED");
+        engine.metrics.response(at, "REFUSED");
         return Some(Reply { len, cache_hit_qtype: None });
     }
     None
@@ -245,8 +263,9 @@ pub async fn run_miss_dispatcher(engine: Arc<Engine>, mut jobs: mpsc::Receiver<M
             let Some(answer) = engine.answer_miss(&job.packet, Transport::Udp { max_len }).await else {
                 return;
             };
-            engine.metrics.response(response_rcode_label(&answer.bytes));
-            engine.metrics.answered(answer.result, qtype, job.received.elapsed().as_secs_f64());
+            engine.metrics.response(job.at, response_rcode_label(&answer.bytes));
+            let secs = job.received.elapsed().as_secs_f64();
+            engine.metrics.answered(job.at, answer.result, qtype, &answer.bytes, secs);
             if engine.query_log_on()
                 && let Parsed::Query(q) = parse_query(&job.packet)
             {
