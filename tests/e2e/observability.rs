@@ -241,3 +241,51 @@ fn json_logs_carry_sampled_queries() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Every metric family nodedns lists (tests/deploy/exported-metrics.txt: what the dashboard and
+/// the alerts may query) has a series before the first client query: a series that appears only
+/// with its first event is invisible to `increase()` and `rate()`, and a panel shows "no data".
+#[test]
+fn every_listed_metric_has_a_series_before_any_client_query() {
+    let up = FakeUpstream::start();
+    let template = format!(
+        r#"listen: ["{{DNS}}"]
+zones:
+  - name: cluster.local
+    upstreams: ["{up}"]
+    kubernetes_schema: true
+  - name: "."
+    upstreams: ["{up}"]
+admin:
+  listen: "{{ADMIN}}"
+  coredns_compatible_metrics: true
+"#,
+        up = up.addr()
+    );
+    let d = Daemon::start(&template);
+    let text = d.metrics();
+    let listed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/exported-metrics.txt")).unwrap();
+    let mut missing = Vec::new();
+    for name in listed.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let has_sample = text.lines().any(|l| {
+            !l.starts_with('#')
+                && l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{']) || rest.starts_with("_count"))
+        });
+        if !has_sample {
+            missing.push(name);
+        }
+    }
+    assert!(missing.is_empty(), "no series at start for {missing:?}:\n{text}");
+    // Counters of events that have not happened are there at 0.
+    for series in [
+        "nodedns_config_reloads_total{result=\"failure\"} 0",
+        "nodedns_shed_total{reason=\"draining\"} 0",
+        "nodedns_malformed_queries_total{reason=\"bad_name\"} 0",
+        "nodedns_node_setup_errors_total{kind=\"iptables\"} 0",
+        "nodedns_local_synthesized_total{zone=\"cluster.local.\"} 0",
+        "nodedns_cache_stale_answers_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} missing:\n{text}");
+    }
+    assert!(text.contains("# TYPE nodedns_build_info gauge"));
+}

@@ -330,6 +330,10 @@ impl CorednsMetrics {
                     self.hits.with_label_values(&[server, kind, "", zone]);
                 }
                 self.misses.with_label_values(&[server, "", zone]);
+                // Histograms are 17 lines each: only for the types pods ask (glibc's A/AAAA pair).
+                for qtype in ["A", "AAAA"] {
+                    self.duration.with_label_values(&[server, zone, "", qtype]);
+                }
             }
         }
     }

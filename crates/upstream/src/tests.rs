@@ -326,3 +326,30 @@ async fn attempts_fit_one_budget() {
     let asked: usize = ups.iter().map(|u| u.log().len()).sum();
     assert_eq!(asked, 2, "one attempt and one retry on another endpoint");
 }
+
+/// Once an endpoint is ejected, client queries no longer reach it; its health probes must count
+/// as queries and their losses as errors, or the error ratio of a dead endpoint goes 0/0.
+#[tokio::test]
+async fn health_probes_of_an_ejected_endpoint_count_as_queries_and_errors() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (a, b) = (FakeUpstream::start(), FakeUpstream::start());
+    a.set_default_behaviour(Behaviour::Drop);
+    b.set_default_behaviour(Behaviour::Drop);
+    let p = Arc::new(UpstreamPool::new(
+        &[a.addr(), b.addr()],
+        PoolConfig { transport: Transport::Udp, query_timeout: Duration::from_millis(100), ..PoolConfig::default() },
+    ));
+    let w = wire("x.example");
+    let ejected = || p.endpoints().iter().find(|e| e.endpoint.health() == Health::Ejected).cloned();
+    for _ in 0..10 {
+        if ejected().is_some() {
+            break;
+        }
+        let _ = p.resolve(&q(&w, 1), &Name::root()).await;
+    }
+    let e = ejected().expect("an endpoint that loses every query is ejected").endpoint.clone();
+    let (sent, lost) = (e.stats.queries.load(Relaxed), e.stats.error(ErrorKind::Timeout));
+    assert!(p.probe_ejected(&q(&w, 6), &Name::root()).await == 0, "a blackholed endpoint is not re-admitted");
+    assert_eq!(e.stats.queries.load(Relaxed), sent + 1, "the probe is a query sent");
+    assert_eq!(e.stats.error(ErrorKind::Timeout), lost + 1, "its loss is a timeout");
+}
