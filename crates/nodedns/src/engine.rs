@@ -478,7 +478,10 @@ impl Engine {
         }
         // (No SOA learned yet, e.g. upstream down: ask upstream like any other name.)
 
-        let mut rx = self.fetch(&zone, &key);
+        let Some(mut rx) = self.join_or_fetch(&zone, &key, Some(member)) else {
+            // Filled by a fetch that ended between the lookup above and now.
+            return Decision::Cached;
+        };
         // RFC 8767 §5: with stale data, answer from it if the refresh takes longer than the
         // client timeout allows; the fetch goes on in the background and refreshes the entry.
         let wait_until = if has_stale { deadline.min(Instant::now() + self.stale_answer_timeout()) } else { deadline };
@@ -527,10 +530,27 @@ impl Engine {
     /// simultaneous queries for one name cost the upstream one A+AAAA pair. A query that joins
     /// late sees what has settled already (a `watch`, not a broadcast).
     fn fetch(self: &Arc<Self>, zone: &Arc<Zone>, key: &CacheKey<'_>) -> watch::Receiver<FetchState> {
+        self.join_or_fetch(zone, key, None).unwrap_or_else(|| unreachable!("no recheck asked"))
+    }
+
+    /// [`Engine::fetch`] for a miss of `recheck`: `None` when no fetch is running and the cache
+    /// has a fresh answer for it after all (the fetch that filled it ended after the caller
+    /// looked), so identical misses never cost a second upstream exchange.
+    fn join_or_fetch(
+        self: &Arc<Self>,
+        zone: &Arc<Zone>,
+        key: &CacheKey<'_>,
+        recheck: Option<Member>,
+    ) -> Option<watch::Receiver<FetchState>> {
         let fk = FetchKey::of(key);
         let mut fetches = self.fetches.lock();
         if let Some(tx) = fetches.get(&fk) {
-            return tx.subscribe();
+            return Some(tx.subscribe());
+        }
+        if let Some(member) = recheck
+            && let Some(Freshness::Fresh { .. }) = self.cache.lookup(key, member, self.now(), |v| v.freshness)
+        {
+            return None;
         }
         let (tx, rx) = watch::channel(FetchState::new());
         let tx = Arc::new(tx);
@@ -543,7 +563,7 @@ impl Engine {
             engine.fetches.lock().remove(&fk);
             tx.send_modify(|s| s.done = true);
         });
-        rx
+        Some(rx)
     }
 
     /// Stores the failure of `key` unless it was shed (our limit, not a resolution failure).

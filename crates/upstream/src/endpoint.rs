@@ -109,6 +109,10 @@ pub enum Health {
 /// Outcomes remembered for failure-rate ejection.
 pub const OUTCOME_WINDOW: u32 = 20;
 
+/// Outcomes recorded before the window's failure count is judged (`window_failures` of them
+/// failing: half of these).
+pub const WINDOW_MIN_OUTCOMES: u32 = 10;
+
 /// What a failed attempt says, and about whom (issue #13: a fault stays as small as it is).
 ///
 /// The rule, and why: an endpoint is judged only on evidence about the endpoint. A SERVFAIL,
@@ -355,14 +359,17 @@ impl Endpoint {
         Some(HealthChange::Ejected { for_duration: backoff })
     }
 
-    /// Shifts one outcome into the window; returns the failures in a full window.
+    /// Shifts one outcome into the window; returns the failures in it once it holds at least
+    /// [`WINDOW_MIN_OUTCOMES`]: an endpoint that power-of-two selection steers away from (its
+    /// failed attempts are slow) may see few queries, and must not need twenty of them before
+    /// five confirmed failures count.
     fn record_outcome(&self, failure: bool) -> Option<u32> {
         let mask = (1u64 << OUTCOME_WINDOW) - 1;
         let prev =
             self.outcomes.fetch_update(Relaxed, Relaxed, |o| Some(((o << 1) | failure as u64) & mask)).unwrap_or(0);
         let bits = ((prev << 1) | failure as u64) & mask;
         let n = self.outcome_count.fetch_add(1, Relaxed) + 1;
-        (n >= OUTCOME_WINDOW).then(|| bits.count_ones())
+        (n >= WINDOW_MIN_OUTCOMES).then(|| bits.count_ones())
     }
 
     /// Selection cost: in-flight queries weighted by mean latency (lower is better).
