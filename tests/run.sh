@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 # prometheus: promtool for the alert rule tests (tests/deploy/validate.sh) and the server for tests/e2e/prometheus.rs.
 # gcc/g++: mimalloc (the binary's allocator) and libFuzzer (tests/fuzz.sh) are built from C/C++.
 # musl-tools, golang-go, nodejs, python3-dnspython: the resolvers of tests/e2e/clients.rs.
+# fstrm-bin, dnstap-ldns: fstrm_capture and dnstap-ldns read the dnstap output (tests/e2e/dnstap.rs).
 packages=(knot bind9-dnsutils iproute2 iptables nftables conntrack procps libc-bin python3 python3-venv curl util-linux
-  unbound gcc g++ musl-tools golang-go nodejs python3-dnspython prometheus)
+  unbound gcc g++ musl-tools golang-go nodejs python3-dnspython prometheus
+  fstrm-bin dnstap-ldns)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -269,6 +269,10 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     if let Some(path) = config.server.handover_socket.as_ref().filter(|_| serving_handover) {
         crate::handover::remove_if_ours(path, &handed_over);
     }
+    // After the drain, so the stream holds every answer sent; STOP (and FINISH) close it.
+    if let Some(tap) = &engine.dnstap {
+        tap.shutdown(Duration::from_secs(3));
+    }
     if let (Some(setup), Some(n)) = (&node, &config.node)
         && n.teardown_on_exit
     {

@@ -20,6 +20,7 @@ use nodedns_upstream::{EndpointRegistry, PoolConfig, UpstreamError, UpstreamPool
 use nodedns_wire::{Parsed, Query, Rcode, Transport, UpstreamQuestion, parse_query, render_cached, render_rcode};
 
 use crate::config::{Config, Limits, ZoneConfig};
+use crate::dnstap::Dnstap;
 use crate::logging::RateLimitedWarn;
 use crate::metrics::{CacheResult, Metrics, ShedReason};
 
@@ -32,7 +33,12 @@ pub struct Zone {
 }
 
 impl Zone {
-    pub fn new(config: ZoneConfig, limits: &Limits, registry: &Arc<EndpointRegistry>) -> Self {
+    pub fn new(
+        config: ZoneConfig,
+        limits: &Limits,
+        registry: &Arc<EndpointRegistry>,
+        dnstap: Option<&Arc<Dnstap>>,
+    ) -> Self {
         let pool = UpstreamPool::with_registry(
             config.upstreams.addrs(),
             PoolConfig {
@@ -45,7 +51,8 @@ impl Zone {
                 ..PoolConfig::default()
             },
             registry.clone(),
-        );
+        )
+        .with_observer(dnstap.map(|d| d.forwarder(&config.name)));
         let label = config.name.to_ascii();
         Self { config, pool, label }
     }
@@ -160,6 +167,8 @@ pub struct Engine {
     /// `log.queries_sample_rate`: the fraction of queries logged (0 = off).
     query_log_rate: f64,
     query_log_budget: QueryLogBudget,
+    /// `log.dnstap`: every client and upstream message, when configured.
+    pub dnstap: Option<Arc<Dnstap>>,
 }
 
 /// At most [`QUERY_LOG_PER_SEC`] sampled query lines a second, whatever the sample rate and
@@ -203,8 +212,20 @@ thread_local! {
 impl Engine {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
         let registry = EndpointRegistry::new();
-        let zones: Vec<Arc<Zone>> =
-            config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &config.limits, &registry))).collect();
+        let dnstap = config.log.dnstap.as_ref().and_then(|c| match Dnstap::start(c, &metrics) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // Logging must not stop serving.
+                warn!(error = %e, "cannot start the dnstap writer; serving without dnstap");
+                None
+            }
+        });
+        let zones: Vec<Arc<Zone>> = config
+            .zones
+            .iter()
+            .cloned()
+            .map(|z| Arc::new(Zone::new(z, &config.limits, &registry, dnstap.as_ref())))
+            .collect();
         metrics.zones(&zones);
         Arc::new(Self {
             cache: Cache::new(CacheLimits {
@@ -227,6 +248,7 @@ impl Engine {
             shed_warn: RateLimitedWarn::new(Duration::from_secs(10)),
             query_log_rate: config.log.queries_sample_rate,
             query_log_budget: QueryLogBudget::default(),
+            dnstap,
         })
     }
 
@@ -249,8 +271,12 @@ impl Engine {
     /// Applies a reloaded config's zones and cache TTL policy. Endpoints that remain keep their
     /// connections, health and counters (they live in the shared registry); the cache is kept.
     pub fn reconfigure(&self, config: &Config) {
-        let next: Vec<Arc<Zone>> =
-            config.zones.iter().cloned().map(|z| Arc::new(Zone::new(z, &self.limits, &self.registry))).collect();
+        let next: Vec<Arc<Zone>> = config
+            .zones
+            .iter()
+            .cloned()
+            .map(|z| Arc::new(Zone::new(z, &self.limits, &self.registry, self.dnstap.as_ref())))
+            .collect();
         // Keep discovered endpoints of zones whose discovery target did not change.
         for zone in &next {
             if let Some(old) = self.zones().iter().find(|o| {

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod discover;
+pub mod dnstap;
 pub mod engine;
 pub mod handover;
 pub mod kubedns;

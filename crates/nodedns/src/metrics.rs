@@ -44,6 +44,8 @@ pub const LOCAL_SYNTHESIZED: &str = "nodedns_local_synthesized_total";
 pub const HEALTH_SELF_QUERIES: &str = "nodedns_health_self_queries_total";
 pub const UPSTREAM_ZONE_ENDPOINTS: &str = "nodedns_upstream_zone_endpoint";
 pub const BUILD_INFO: &str = "nodedns_build_info";
+pub const DNSTAP_SENT: &str = "nodedns_dnstap_sent_total";
+pub const DNSTAP_DROPPED: &str = "nodedns_dnstap_dropped_total";
 
 // NodeLocal DNSCache (CoreDNS) names, behind `admin.coredns_compatible_metrics`.
 pub const COREDNS_REQUESTS: &str = "coredns_dns_requests_total";
@@ -86,6 +88,8 @@ pub const ALL_NAMES: &[&str] = &[
     HEALTH_SELF_QUERIES,
     UPSTREAM_ZONE_ENDPOINTS,
     BUILD_INFO,
+    DNSTAP_SENT,
+    DNSTAP_DROPPED,
     COREDNS_REQUESTS,
     COREDNS_RESPONSES,
     COREDNS_REQUEST_DURATION,
@@ -226,6 +230,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub local_synthesized: IntCounterVec,
     health_self_queries: IntCounter,
+    /// dnstap messages written to the output, and dropped (queue full, output down).
+    pub dnstap_sent: IntCounter,
+    pub dnstap_dropped: IntCounter,
     coredns: Option<CorednsMetrics>,
 }
 
@@ -391,6 +398,11 @@ impl Metrics {
         let failure_answers = counter(CACHE_FAILURE_ANSWERS, "SERVFAIL answers served from failure entries.");
         let node_repairs =
             counter(NODE_REPAIRS, "Node setup pieces (interface, addresses, rules) found missing and restored.");
+        let dnstap_sent = counter(DNSTAP_SENT, "dnstap messages written to log.dnstap's socket or file.");
+        let dnstap_dropped = counter(
+            DNSTAP_DROPPED,
+            "dnstap messages dropped because the queue was full or the output was not open (never waited for).",
+        );
 
         let inflight = must(IntGauge::new(INFLIGHT, "Client queries waiting for an upstream answer."));
         reg(Box::new(inflight.clone()));
@@ -493,6 +505,8 @@ impl Metrics {
             config_reloads,
             local_synthesized,
             health_self_queries,
+            dnstap_sent,
+            dnstap_dropped,
             coredns,
         })
     }

@@ -198,6 +198,7 @@ fn warn_restart_keys(current: &Config, next: &Config) {
         ("node", next.node != current.node),
         ("limits", next.limits != current.limits),
         ("cache.max_bytes", next.cache.max_bytes != current.cache.max_bytes),
+        ("log.dnstap", next.log.dnstap != current.log.dnstap),
     ] {
         if changed {
             warn!(key = what, "config change needs a restart to take effect; the rest is applied now");

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod endpoint;
+mod observe;
 mod pool;
 mod tcp;
 mod udp;
@@ -21,6 +22,7 @@ pub use endpoint::{
     DEFAULT_MAX_INFLIGHT, EjectionPolicy, Endpoint, EndpointStats, ErrorKind, Evidence, Health, HealthChange,
     InflightPermit, LATENCY_BUCKETS,
 };
+pub use observe::{ExchangeObserver, WireProtocol};
 pub use pool::{EndpointRegistry, EndpointState, PoolConfig, Resolved, Transport, UpstreamError, UpstreamPool};
 
 use nodedns_cache::LowerName;

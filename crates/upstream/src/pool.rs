@@ -14,6 +14,7 @@ use nodedns_cache::{CacheableAnswer, LowerName};
 use nodedns_wire::{Ingested, UpstreamQuestion, ingest};
 
 use crate::endpoint::{EjectionPolicy, Endpoint, ErrorKind, Evidence, Health, HealthChange};
+use crate::observe::{ExchangeObserver, WireProtocol};
 use crate::tcp::TcpPool;
 
 /// How queries reach the zone's upstreams.
@@ -128,6 +129,8 @@ pub struct UpstreamPool {
     fallback: RwLock<Arc<[Arc<EndpointState>]>>,
     registry: Arc<EndpointRegistry>,
     config: PoolConfig,
+    /// Sees every query sent and response received (dnstap); `None`: nothing extra is done.
+    observer: Option<Arc<dyn ExchangeObserver>>,
 }
 
 impl UpstreamPool {
@@ -143,9 +146,16 @@ impl UpstreamPool {
             fallback: RwLock::new(Arc::from(Vec::new())),
             registry,
             config,
+            observer: None,
         };
         pool.set_endpoints(addrs);
         pool
+    }
+
+    /// Reports this pool's upstream traffic to `observer` (dnstap forwarder messages).
+    pub fn with_observer(mut self, observer: Option<Arc<dyn ExchangeObserver>>) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -354,7 +364,9 @@ impl UpstreamPool {
             // ejected, client queries fail fast without reaching one, and the probes are all the
             // traffic left, so an error ratio without them goes 0/0 and the alert on it resolves.
             state.endpoint.stats.queries.fetch_add(1, Relaxed);
-            match exchange_and_ingest(&self.config, state, q, bailiwick, started + self.config.query_timeout).await {
+            match exchange_and_ingest(&self.config, self.observer.as_deref(), state, q, bailiwick, started + self.config.query_timeout)
+                .await
+            {
                 Ok(_) if state.endpoint.record_success(started.elapsed()) == Some(HealthChange::Readmitted) => {
                     info!(endpoint = %state.endpoint.addr, "upstream endpoint answered a health probe: re-admitted");
                     readmitted += 1;
@@ -385,7 +397,8 @@ impl UpstreamPool {
         ep.stats.queries.fetch_add(1, Relaxed);
         let started = Instant::now();
         let attempt_deadline = (started + self.config.query_timeout).min(deadline);
-        let result = exchange_and_ingest(&self.config, state, q, bailiwick, attempt_deadline).await;
+        let result =
+            exchange_and_ingest(&self.config, self.observer.as_deref(), state, q, bailiwick, attempt_deadline).await;
         drop(permit);
         match &result {
             Ok(_) => self.log_change(ep, ep.record_success(started.elapsed()), ErrorKind::Timeout),
@@ -414,14 +427,14 @@ impl UpstreamPool {
         if ep.silent_for() < self.config.query_timeout.saturating_mul(2) || !ep.begin_probe() {
             return;
         }
-        let (state, config, zone) = (state.clone(), self.config, bailiwick.clone());
+        let (state, config, zone, observer) = (state.clone(), self.config, bailiwick.clone(), self.observer.clone());
         tokio::spawn(async move {
             let ep = &state.endpoint;
             if let Some(probe) = LivenessProbe::for_zone(&zone)
                 && let Some(_permit) = ep.acquire(Duration::ZERO).await
             {
                 let deadline = Instant::now() + config.query_timeout;
-                match exchange_and_ingest(&config, &state, &probe.question(), &zone, deadline).await {
+                match exchange_and_ingest(&config, observer.as_deref(), &state, &probe.question(), &zone, deadline).await {
                     Err((ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Closed, _)) => {
                         if let Some(HealthChange::Ejected { for_duration }) = ep.eject(&config.ejection) {
                             warn!(
@@ -472,6 +485,7 @@ fn failed(kind: ErrorKind, rcode: Option<u16>) -> UpstreamError {
 /// TCP on the same endpoint within the same deadline.
 async fn exchange_and_ingest(
     config: &PoolConfig,
+    observer: Option<&dyn ExchangeObserver>,
     state: &EndpointState,
     q: &UpstreamQuestion<'_>,
     bailiwick: &Name,
@@ -480,27 +494,40 @@ async fn exchange_and_ingest(
     let mut use_tcp = config.transport == Transport::Tcp;
     loop {
         let left = || deadline.saturating_duration_since(Instant::now());
+        let protocol = if use_tcp { WireProtocol::Tcp } else { WireProtocol::Udp };
+        let sent_at = std::sync::Mutex::new(std::time::UNIX_EPOCH);
+        let on_sent = |query: &[u8]| {
+            if let Some(o) = observer {
+                let now = std::time::SystemTime::now();
+                *sent_at.lock().unwrap_or_else(|e| e.into_inner()) = now;
+                o.query_sent(state.endpoint.addr, protocol, query, now);
+            }
+        };
         let resp = if use_tcp {
             // A connection that cannot be had by the deadline is a connect that timed out.
             let conn = tokio::time::timeout(left(), state.tcp.conn(&state.endpoint))
                 .await
                 .map_err(|_| (ErrorKind::Connect, None))?
                 .map_err(|k| (k, None))?;
-            match conn.exchange(q, left()).await {
+            match conn.exchange(q, left(), &on_sent).await {
                 // The connection died under the query: once more on a fresh one.
                 Err(ErrorKind::Closed) if Instant::now() < deadline => {
                     let conn = tokio::time::timeout(left(), state.tcp.conn(&state.endpoint))
                         .await
                         .map_err(|_| (ErrorKind::Connect, None))?
                         .map_err(|k| (k, None))?;
-                    conn.exchange(q, left()).await
+                    conn.exchange(q, left(), &on_sent).await
                 }
                 other => other,
             }
         } else {
-            crate::udp::exchange(&state.endpoint, q, left()).await
+            crate::udp::exchange(&state.endpoint, q, left(), &on_sent).await
         }
         .map_err(|k| (k, None))?;
+        if let Some(o) = observer {
+            let sent = *sent_at.lock().unwrap_or_else(|e| e.into_inner());
+            o.response_received(state.endpoint.addr, protocol, &resp, sent, std::time::SystemTime::now());
+        }
         match ingest(&resp, q, bailiwick) {
             Ok(Ingested::Answer(a)) => return Ok(a),
             Ok(Ingested::Truncated) if !use_tcp => use_tcp = true,

@@ -81,8 +81,14 @@ impl TcpConn {
         self.pending.lock().clear();
     }
 
-    /// Sends one query and waits for its response, at most `timeout`.
-    pub(crate) async fn exchange(&self, q: &UpstreamQuestion<'_>, timeout: Duration) -> Result<Vec<u8>, ErrorKind> {
+    /// Sends one query and waits for its response, at most `timeout`. `on_sent` sees the query's
+    /// wire bytes as they go out (the pool's observer, for dnstap).
+    pub(crate) async fn exchange(
+        &self,
+        q: &UpstreamQuestion<'_>,
+        timeout: Duration,
+        on_sent: &(dyn Fn(&[u8]) + Sync),
+    ) -> Result<Vec<u8>, ErrorKind> {
         if !self.is_usable() {
             return Err(ErrorKind::Closed);
         }
@@ -101,6 +107,7 @@ impl TcpConn {
             id
         };
         let frame = tcp_frame(id, q);
+        on_sent(&frame[2..]);
         let deadline = Instant::now() + timeout;
         let sent = tokio::time::timeout_at(deadline, self.frames.send(frame)).await;
         let result = match sent {

@@ -353,3 +353,75 @@ async fn health_probes_of_an_ejected_endpoint_count_as_queries_and_errors() {
     assert_eq!(e.stats.queries.load(Relaxed), sent + 1, "the probe is a query sent");
     assert_eq!(e.stats.error(ErrorKind::Timeout), lost + 1, "its loss is a timeout");
 }
+
+/// One report: "query" or "response", the endpoint, the transport, the wire message.
+type Seen = (&'static str, SocketAddr, WireProtocol, Vec<u8>);
+
+/// Records what a pool reports to its observer.
+#[derive(Default)]
+struct Recorder {
+    seen: parking_lot::Mutex<Vec<Seen>>,
+}
+
+impl ExchangeObserver for Recorder {
+    fn query_sent(&self, upstream: SocketAddr, protocol: WireProtocol, query: &[u8], _: std::time::SystemTime) {
+        self.seen.lock().push(("query", upstream, protocol, query.to_vec()));
+    }
+
+    fn response_received(
+        &self,
+        upstream: SocketAddr,
+        protocol: WireProtocol,
+        response: &[u8],
+        sent: std::time::SystemTime,
+        received: std::time::SystemTime,
+    ) {
+        assert!(received >= sent);
+        self.seen.lock().push(("response", upstream, protocol, response.to_vec()));
+    }
+}
+
+#[tokio::test]
+async fn the_observer_sees_each_query_sent_and_response_received() {
+    let up = FakeUpstream::start();
+    up.answer("seen.example", RecordType::A, &["10.0.0.1"], 30);
+    up.answer("big.example", RecordType::A, &["10.0.0.2"], 30);
+    up.behaviour("big.example", RecordType::A, Behaviour::Truncate);
+    let recorder = Arc::new(Recorder::default());
+    let observer: Arc<dyn ExchangeObserver> = recorder.clone();
+    for transport in [Transport::Tcp, Transport::Udp] {
+        let p = UpstreamPool::new(&[up.addr()], PoolConfig { transport, ..PoolConfig::default() })
+            .with_observer(Some(observer.clone()));
+        let w = wire("seen.example");
+        p.resolve(&q(&w, 1), &Name::root()).await.unwrap();
+    }
+    // A truncated UDP answer: both attempts (UDP, then TCP) are reported.
+    let p = UpstreamPool::new(&[up.addr()], PoolConfig { transport: Transport::Udp, ..PoolConfig::default() })
+        .with_observer(Some(observer));
+    let w = wire("big.example");
+    p.resolve(&q(&w, 1), &Name::root()).await.unwrap();
+
+    let seen = recorder.seen.lock();
+    let kinds: Vec<(&str, WireProtocol)> = seen.iter().map(|s| (s.0, s.2)).collect();
+    use WireProtocol::{Tcp, Udp};
+    assert_eq!(
+        kinds,
+        [
+            ("query", Tcp),
+            ("response", Tcp),
+            ("query", Udp),
+            ("response", Udp),
+            ("query", Udp),
+            ("response", Udp),
+            ("query", Tcp),
+            ("response", Tcp)
+        ]
+    );
+    for pair in seen.chunks(2) {
+        assert_eq!(pair[0].1, up.addr());
+        // The query as sent (no TCP length prefix) and its response share the ID.
+        assert_eq!(pair[0].3[..2], pair[1].3[..2]);
+        assert_eq!(pair[0].3[2] & 0x80, 0, "QR clear in the query");
+        assert_eq!(pair[1].3[2] & 0x80, 0x80, "QR set in the response");
+    }
+}

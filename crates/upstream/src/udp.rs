@@ -18,6 +18,7 @@ pub(crate) async fn exchange(
     endpoint: &Endpoint,
     q: &UpstreamQuestion<'_>,
     timeout: Duration,
+    on_sent: &(dyn Fn(&[u8]) + Sync),
 ) -> Result<Vec<u8>, ErrorKind> {
     let deadline = Instant::now() + timeout;
     let bind: SocketAddr =
@@ -28,6 +29,7 @@ pub(crate) async fn exchange(
     let mut query = Vec::with_capacity(64);
     build_query(id, q, &mut query);
     socket.send(&query).await.map_err(|_| ErrorKind::Connect)?;
+    on_sent(&query);
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {

@@ -154,7 +154,28 @@ pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
     pub queries_sample_rate: f64,
+    pub dnstap: Option<DnstapConfig>,
 }
+
+/// Where dnstap output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnstapTarget {
+    /// A Frame Streams unix socket, with the bidirectional handshake.
+    Socket(PathBuf),
+    /// A Frame Streams file (unidirectional), replaced at each start.
+    File(PathBuf),
+}
+
+/// `log.dnstap`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnstapConfig {
+    pub target: DnstapTarget,
+    /// `None`: `NODE_NAME` from the environment, else the host name (resolved at start).
+    pub identity: Option<String>,
+}
+
+/// sun_path holds 108 bytes with its terminating NUL (unix(7)).
+const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -303,6 +324,49 @@ impl Validator<'_> {
             self.problem(key, format!("{v} is out of range [{lo}, {hi}]"));
         }
         v
+    }
+
+    fn dnstap_path(&mut self, key: &str, path: &str) -> Option<PathBuf> {
+        if path.is_empty() {
+            self.problem(key, "empty path");
+            return None;
+        }
+        if !path.starts_with('/') {
+            self.problem(key, format!("`{path}` is not an absolute path"));
+            return None;
+        }
+        Some(PathBuf::from(path))
+    }
+
+    fn dnstap(&mut self, d: &raw::RawDnstap) -> Option<DnstapConfig> {
+        let target = match (&d.socket, &d.file) {
+            (Some(_), Some(_)) => {
+                self.problem("log.dnstap", "set one of socket and file, not both");
+                None
+            }
+            (None, None) => {
+                self.problem("log.dnstap", "set socket (a Frame Streams unix socket path) or file");
+                None
+            }
+            (Some(s), None) => {
+                let p = self.dnstap_path("log.dnstap.socket", s);
+                if s.len() > MAX_SOCKET_PATH {
+                    self.problem(
+                        "log.dnstap.socket",
+                        format!("{} bytes is longer than a unix socket path can be ({MAX_SOCKET_PATH})", s.len()),
+                    );
+                    return None;
+                }
+                p.map(DnstapTarget::Socket)
+            }
+            (None, Some(f)) => self.dnstap_path("log.dnstap.file", f).map(DnstapTarget::File),
+        };
+        if let Some(id) = &d.identity
+            && id.trim().is_empty()
+        {
+            self.problem("log.dnstap.identity", "empty (leave it out for the node or host name)");
+        }
+        Some(DnstapConfig { target: target?, identity: d.identity.clone() })
     }
 
     fn validate(&mut self, raw: RawConfig, resolv_conf: &dyn Fn() -> Result<Vec<SocketAddr>, String>) -> Config {
@@ -589,6 +653,7 @@ impl Validator<'_> {
             },
             level: raw.log.level.clone(),
             queries_sample_rate: rate,
+            dnstap: raw.log.dnstap.as_ref().and_then(|d| self.dnstap(d)),
         };
 
         let server = ServerConfig {

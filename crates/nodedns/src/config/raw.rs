@@ -208,12 +208,26 @@ pub struct RawLog {
     pub format: RawLogFormat,
     pub level: String,
     pub queries_sample_rate: f64,
+    pub dnstap: Option<RawDnstap>,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self { format: RawLogFormat::Text, level: "info".into(), queries_sample_rate: 0.0 }
+        Self { format: RawLogFormat::Text, level: "info".into(), queries_sample_rate: 0.0, dnstap: None }
     }
+}
+
+/// `log.dnstap`: where dnstap messages go (exactly one of `socket` and `file`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawDnstap {
+    /// A Frame Streams unix socket (bidirectional: a collector such as `fstrm_capture` listens).
+    pub socket: Option<String>,
+    /// A file, rewritten as one Frame Streams stream at each start.
+    pub file: Option<String>,
+    /// The identity every message carries; default: `NODE_NAME` from the environment, else the
+    /// host name.
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -145,3 +145,52 @@ fn kubernetes_schema_only_on_cluster_domains() {
     assert!(err.contains("zones[1].schema_exceptions[1]"), "{err}");
     assert!(!err.contains("schema_exceptions[0]"), "{err}");
 }
+
+/// A minimal valid file, for tests of one section appended to it.
+const BASE: &str = "listen: [\"127.0.0.1:5353\"]\nzones:\n  - name: \".\"\n    upstreams: [\"192.0.2.1\"]\n";
+const BASE_LINES: usize = 4;
+
+fn with_base(section: &str) -> String {
+    format!("{BASE}{section}")
+}
+
+#[test]
+fn dnstap_takes_a_socket_or_a_file() {
+    let c = parse(&with_base("log:\n  dnstap:\n    socket: /run/nodedns/dnstap.sock\n")).unwrap();
+    assert_eq!(
+        c.log.dnstap,
+        Some(DnstapConfig { target: DnstapTarget::Socket("/run/nodedns/dnstap.sock".into()), identity: None })
+    );
+    let c = parse(&with_base("log:\n  dnstap:\n    file: /var/log/nodedns.dnstap\n    identity: node-1\n")).unwrap();
+    assert_eq!(
+        c.log.dnstap,
+        Some(DnstapConfig {
+            target: DnstapTarget::File("/var/log/nodedns.dnstap".into()),
+            identity: Some("node-1".into())
+        })
+    );
+    assert_eq!(parse(&with_base("log:\n  level: info\n")).unwrap().log.dnstap, None);
+}
+
+#[test]
+fn dnstap_problems_name_line_and_key() {
+    let cases: &[(&str, &str, usize)] = &[
+        ("log:\n  dnstap:\n    socket: /a.sock\n    file: /b\n", "log.dnstap", 2),
+        ("log:\n  dnstap:\n    identity: x\n", "log.dnstap", 2),
+        ("log:\n  dnstap:\n    socket: relative.sock\n", "log.dnstap.socket", 3),
+        ("log:\n  dnstap:\n    file: \"\"\n", "log.dnstap.file", 3),
+        ("log:\n  level: info\n  dnstap:\n    file: /x\n    identity: \" \"\n", "log.dnstap.identity", 5),
+        ("log:\n  dnstap:\n    sockt: /a.sock\n", "log.dnstap.sockt", 3),
+    ];
+    for (text, key, line) in cases {
+        let err = parse(&with_base(text)).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.key == *key && p.line == Some(*line + BASE_LINES)),
+            "{text}: {:?}",
+            err.problems
+        );
+    }
+    let long = format!("log:\n  dnstap:\n    socket: /{}\n", "s".repeat(120));
+    let err = parse(&with_base(&long)).unwrap_err();
+    assert!(err.problems.iter().any(|p| p.key == "log.dnstap.socket" && p.message.contains("107")), "{err:?}");
+}

@@ -326,6 +326,8 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     state: &Arc<ConnState>,
 ) {
+    // dnstap: the listener's address for this connection's CLIENT_* messages (only when on).
+    let local = engine.dnstap.as_ref().and_then(|_| stream.local_addr().ok());
     let (mut read, write) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(write));
     let pipeline = Arc::new(Semaphore::new(limits.max_pipelined_per_connection));
@@ -370,8 +372,13 @@ async fn serve_connection(
             Parsed::Reject(r) => {
                 let rendered = render_frame(&mut outbuf, |out| render_rejection(&r, out)).is_some();
                 engine.metrics.rejected(At::listener(listener), &r, rendered.then(|| &outbuf[2..]));
-                if rendered && !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
-                    break;
+                if rendered {
+                    if let Some(tap) = &engine.dnstap {
+                        tap_client(tap, peer, local, packet, Some(&outbuf[2..]), received);
+                    }
+                    if !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
+                        break;
+                    }
                 }
                 continue;
             }
@@ -382,7 +389,7 @@ async fn serve_connection(
         };
         let at = engine.metrics.at(listener, &query);
         engine.metrics.request(at, Proto::Tcp, query.qtype);
-        let local = if over_limit {
+        let answered_here = if over_limit {
             engine.metrics.shed(ShedReason::RateLimit);
             render_frame(&mut outbuf, |out| render_rcode(&query, Rcode::Refused, out)).map(|_| false)
         } else if query.qtype == nodedns_wire::query::TYPE_ANY {
@@ -393,8 +400,11 @@ async fn serve_connection(
             })
             .map(|_| true)
         };
-        if let Some(hit) = local {
+        if let Some(hit) = answered_here {
             engine.metrics.response(at, response_rcode_label(&outbuf[2..]));
+            if let Some(tap) = &engine.dnstap {
+                tap_client(tap, peer, local, packet, Some(&outbuf[2..]), received);
+            }
             if hit {
                 let secs = received.elapsed().as_secs_f64();
                 engine.metrics.answered(at, CacheResult::Hit, query.qtype, &outbuf[2..], secs);
@@ -423,7 +433,11 @@ async fn serve_connection(
         let writer = writer.clone();
         let timeout = limits.tcp_idle_timeout;
         tokio::spawn(async move {
-            if let Some(answer) = engine.answer_miss(&packet, Transport::Tcp).await {
+            let answer = engine.answer_miss(&packet, Transport::Tcp).await;
+            if let Some(tap) = &engine.dnstap {
+                tap_client(tap, peer, local, &packet, answer.as_ref().map(|a| &a.bytes[..]), received);
+            }
+            if let Some(answer) = answer {
                 engine.metrics.response(at, response_rcode_label(&answer.bytes));
                 let secs = received.elapsed().as_secs_f64();
                 engine.metrics.answered(at, answer.result, qtype, &answer.bytes, secs);
@@ -441,6 +455,21 @@ async fn serve_connection(
         });
     }
     // Answers still in flight hold the writer; the socket closes when the last one is sent.
+}
+
+/// One TCP client exchange to dnstap; the query's wall-clock time is derived from when it was
+/// read (`received`).
+fn tap_client(
+    tap: &crate::dnstap::Dnstap,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    query: &[u8],
+    response: Option<&[u8]>,
+    received: Instant,
+) {
+    let now = std::time::SystemTime::now();
+    let asked = now.checked_sub(received.elapsed()).unwrap_or(now);
+    tap.client(Proto::Tcp, Some(peer), local, query, response, asked, now);
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -81,6 +81,9 @@ pub fn run_worker(
     let mut io = BatchIo::new(socket.as_raw_fd());
     let max_udp = engine.max_udp_payload;
     let listener = socket.local_addr().map_or(0, |a| engine.metrics.listener(a));
+    // dnstap: the listener's address once, for every CLIENT_* message of this worker.
+    let dnstap = engine.dnstap.as_deref();
+    let local = dnstap.and_then(|_| socket.local_addr().ok());
     while !control.stop.load(Relaxed) {
         control.heartbeats[index].store(control.now_ms(), Relaxed);
         let stall = control.stall_until_ms.load(Relaxed);
@@ -108,6 +111,8 @@ pub fn run_worker(
         // whole milliseconds, and a batch takes microseconds.
         let started = Instant::now();
         let now = engine.timestamp(started);
+        // dnstap's wall-clock time, read once per batch like `started` (and only when on).
+        let wall = dnstap.map(|_| SystemTime::now());
         // Cache hits of this batch, for the duration histogram.
         let mut hits = 0usize;
         for i in 0..n {
@@ -118,6 +123,9 @@ pub fn run_worker(
             if let Some(reply) =
                 handle_datagram(&engine, &socket, &misses, rx.data, rx.truncated, || rx.peer(), max_udp, out, from)
             {
+                if let (Some(tap), Some(wall)) = (dnstap, wall) {
+                    tap.client(Proto::Udp, rx.peer(), local, rx.data, Some(&out[..reply.len]), wall, wall);
+                }
                 io.queue_reply(i, reply.len);
                 hits += reply.cache_hit_qtype.is_some() as usize;
             }
@@ -260,7 +268,15 @@ pub async fn run_miss_dispatcher(engine: Arc<Engine>, mut jobs: mpsc::Receiver<M
                 // The worker parsed it already; this cannot happen, but must not panic.
                 _ => return,
             };
-            let Some(answer) = engine.answer_miss(&job.packet, Transport::Udp { max_len }).await else {
+            let answer = engine.answer_miss(&job.packet, Transport::Udp { max_len }).await;
+            if let Some(tap) = &engine.dnstap {
+                let now = SystemTime::now();
+                let asked = now.checked_sub(job.received.elapsed()).unwrap_or(now);
+                let local = job.socket.local_addr().ok();
+                let response = answer.as_ref().map(|a| &a.bytes[..]);
+                tap.client(Proto::Udp, Some(job.peer), local, &job.packet, response, asked, now);
+            }
+            let Some(answer) = answer else {
                 return;
             };
             engine.metrics.response(job.at, response_rcode_label(&answer.bytes));
