@@ -12,6 +12,10 @@
 #                                cluster zone: persistent pipelined connections)
 #   NODEDNS_LOG_LEVEL            log.level (default warn; the start-to-ready runs read the info
 #                                line "an upstream answered: ready")
+#   NODEDNS_DNSTAP               1: log.dnstap to a unix socket read by fstrm_capture (fstrm-bin),
+#                                which writes to /dev/null and runs outside the server's CPU
+#                                cgroup, on CPU NODEDNS_DNSTAP_CPU (default 1, the load CPU), so
+#                                the rows measure what producing dnstap costs nodedns itself
 set -euo pipefail
 : "${DNSBENCH_IP:?}" "${DNSBENCH_PORT:?}" "${DNSBENCH_UPSTREAM:?}" "${DNSBENCH_WORKDIR:?}" "${NODEDNS_BIN:?}"
 transport=${NODEDNS_TRANSPORT:-tcp}
@@ -36,4 +40,14 @@ admin:
 log:
   level: ${NODEDNS_LOG_LEVEL:-warn}
 YAML
+if [[ ${NODEDNS_DNSTAP:-0} == 1 ]]; then
+    sock=$DNSBENCH_WORKDIR/dnstap.sock
+    rm -f "$sock"
+    fstrm_capture -t protobuf:dnstap.Dnstap -u "$sock" -w /dev/null >"$DNSBENCH_WORKDIR/fstrm_capture.log" 2>&1 &
+    cap=$!
+    echo "$cap" >/sys/fs/cgroup/cgroup.procs 2>/dev/null || true
+    taskset -a -p -c "${NODEDNS_DNSTAP_CPU:-1}" "$cap" >/dev/null 2>&1 || true
+    for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
+    printf '  dnstap:\n    socket: %s\n' "$sock" >>"$conf"
+fi
 exec "$NODEDNS_BIN" run --config "$conf"
