@@ -1,0 +1,76 @@
+//! With dnstap on, a client exchange (what every cache hit logs) allocates nothing once the
+//! queue's buffers exist: they are recycled by the writer, not freed. Counted by a global
+//! allocator that tallies this thread's allocations (its own test binary, so nothing else is
+//! affected).
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant, SystemTime};
+
+use nodedns::config::{DnstapConfig, DnstapTarget};
+use nodedns::dnstap::Dnstap;
+use nodedns::metrics::{Metrics, Proto};
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01";
+const RESPONSE: &[u8] = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01\xc0\x0c\x00\x01\x00\x01\x00\x00\x0e\x10\x00\x04\x0a\x00\x00\x01";
+
+#[test]
+fn a_logged_exchange_allocates_nothing_once_warm() {
+    let metrics = Metrics::new(false);
+    let config = DnstapConfig { target: DnstapTarget::File("/dev/null".into()), identity: Some("node-1".into()) };
+    let tap = Dnstap::start(&config, &metrics).unwrap();
+    let client = "10.1.2.3:40000".parse().ok();
+    let server = "169.254.20.10:53".parse().ok();
+    let exchange = || {
+        let now = SystemTime::now();
+        tap.client(Proto::Udp, client, server, QUERY, Some(RESPONSE), now, now);
+    };
+    // Warm: 2,000 buffers exist and go back to the free list once written.
+    for _ in 0..2000 {
+        exchange();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.dnstap_sent.get() < 4000 {
+        assert!(Instant::now() < deadline, "writer did not drain");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = ALLOCATIONS.with(Cell::get);
+    for _ in 0..1000 {
+        exchange();
+    }
+    let allocated = ALLOCATIONS.with(Cell::get) - before;
+    assert_eq!(allocated, 0, "allocations for 1,000 logged exchanges");
+    tap.shutdown(Duration::from_secs(5));
+    assert_eq!(metrics.dnstap_dropped.get(), 0);
+    assert_eq!(metrics.dnstap_sent.get(), 6000);
+}
