@@ -49,21 +49,9 @@ pub struct Event<'a> {
     pub response_message: Option<&'a [u8]>,
 }
 
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+fn varint_len(v: u64) -> usize {
+    // 7 bits per byte; 0 still takes one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn key(field: u32, wire: u32) -> u64 {
@@ -78,20 +66,43 @@ fn bytes_field_len(field: u32, len: usize) -> usize {
     varint_len(key(field, LEN)) + varint_len(len as u64) + len
 }
 
-fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
-    put_varint(out, key(field, VARINT));
-    put_varint(out, v);
+/// Writes into a slice already sized to the encoding: no capacity checks per byte.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
 }
 
-fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    put_varint(out, key(field, LEN));
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
+impl Cursor<'_> {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf[self.at] = (v as u8) | 0x80;
+            self.at += 1;
+            v >>= 7;
+        }
+        self.buf[self.at] = v as u8;
+        self.at += 1;
+    }
 
-fn put_fixed32_field(out: &mut Vec<u8>, field: u32, v: u32) {
-    put_varint(out, key(field, FIXED32));
-    out.extend_from_slice(&v.to_le_bytes());
+    fn slice(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+
+    fn varint_field(&mut self, field: u32, v: u64) {
+        self.varint(key(field, VARINT));
+        self.varint(v);
+    }
+
+    fn bytes_field(&mut self, field: u32, b: &[u8]) {
+        self.varint(key(field, LEN));
+        self.varint(b.len() as u64);
+        self.slice(b);
+    }
+
+    fn fixed32_field(&mut self, field: u32, v: u32) {
+        self.varint(key(field, FIXED32));
+        self.slice(&v.to_le_bytes());
+    }
 }
 
 /// An address's octets without allocating: 4 for IPv4, 16 for IPv6.
@@ -123,26 +134,45 @@ fn split_time(t: SystemTime) -> (u64, u32) {
     (d.as_secs(), d.subsec_nanos())
 }
 
+/// What encoding an event needs computed once: the lengths and the split times.
+#[derive(Clone, Copy, Default)]
+pub struct Layout {
+    message: usize,
+    dnstap: usize,
+    query_time: Option<(u64, u32)>,
+    response_time: Option<(u64, u32)>,
+}
+
+impl Layout {
+    /// The whole data frame's length.
+    pub fn frame_len(&self) -> usize {
+        4 + self.dnstap
+    }
+}
+
 impl Event<'_> {
     fn family(&self) -> Option<u64> {
         self.query_addr.or(self.response_addr).map(|a| if a.is_ipv4() { FAMILY_INET } else { FAMILY_INET6 })
     }
 
-    /// The encoded length of the `Message` body.
-    fn message_len(&self) -> usize {
+    /// Sizes the encoding of this event with `identity` and `version`.
+    pub fn layout(&self, identity: &[u8], version: &[u8]) -> Layout {
+        let query_time = self.query_time.map(split_time);
+        let response_time = self.response_time.map(split_time);
+        let addr_len = |a: SocketAddr| if a.is_ipv4() { 4 } else { 16 };
         let mut n = varint_field_len(1, self.kind as u64);
         if let Some(f) = self.family() {
             n += varint_field_len(2, f);
         }
         n += varint_field_len(3, self.protocol as u64);
         if let Some(a) = self.query_addr {
-            n += bytes_field_len(4, Octets::of(a.ip()).len) + varint_field_len(6, u64::from(a.port()));
+            n += bytes_field_len(4, addr_len(a)) + varint_field_len(6, u64::from(a.port()));
         }
         if let Some(a) = self.response_addr {
-            n += bytes_field_len(5, Octets::of(a.ip()).len) + varint_field_len(7, u64::from(a.port()));
+            n += bytes_field_len(5, addr_len(a)) + varint_field_len(7, u64::from(a.port()));
         }
-        if let Some(t) = self.query_time {
-            n += varint_field_len(8, split_time(t).0) + 1 + 4;
+        if let Some((secs, _)) = query_time {
+            n += varint_field_len(8, secs) + 1 + 4;
         }
         if let Some(m) = self.query_message {
             n += bytes_field_len(10, m.len());
@@ -150,80 +180,78 @@ impl Event<'_> {
         if let Some(z) = self.query_zone {
             n += bytes_field_len(11, z.len());
         }
-        if let Some(t) = self.response_time {
-            n += varint_field_len(12, split_time(t).0) + 1 + 4;
+        if let Some((secs, _)) = response_time {
+            n += varint_field_len(12, secs) + 1 + 4;
         }
         if let Some(m) = self.response_message {
             n += bytes_field_len(14, m.len());
         }
-        n
-    }
-
-    /// Fields in field-number order, as protobuf encoders write them (readers accept any order).
-    fn put_message(&self, out: &mut Vec<u8>) {
-        put_varint_field(out, 1, self.kind as u64);
-        if let Some(f) = self.family() {
-            put_varint_field(out, 2, f);
-        }
-        put_varint_field(out, 3, self.protocol as u64);
-        if let Some(a) = self.query_addr {
-            put_bytes_field(out, 4, Octets::of(a.ip()).as_slice());
-        }
-        if let Some(a) = self.response_addr {
-            put_bytes_field(out, 5, Octets::of(a.ip()).as_slice());
-        }
-        if let Some(a) = self.query_addr {
-            put_varint_field(out, 6, u64::from(a.port()));
-        }
-        if let Some(a) = self.response_addr {
-            put_varint_field(out, 7, u64::from(a.port()));
-        }
-        if let Some(t) = self.query_time {
-            let (secs, nanos) = split_time(t);
-            put_varint_field(out, 8, secs);
-            put_fixed32_field(out, 9, nanos);
-        }
-        if let Some(m) = self.query_message {
-            put_bytes_field(out, 10, m);
-        }
-        if let Some(z) = self.query_zone {
-            put_bytes_field(out, 11, z);
-        }
-        if let Some(t) = self.response_time {
-            let (secs, nanos) = split_time(t);
-            put_varint_field(out, 12, secs);
-            put_fixed32_field(out, 13, nanos);
-        }
-        if let Some(m) = self.response_message {
-            put_bytes_field(out, 14, m);
-        }
+        let dnstap = bytes_field_len(1, identity.len())
+            + bytes_field_len(2, version.len())
+            + bytes_field_len(14, n)
+            + varint_field_len(15, DNSTAP_TYPE_MESSAGE);
+        Layout { message: n, dnstap, query_time, response_time }
     }
 
     /// The length of the whole data frame [`put_frame`](Self::put_frame) writes.
     pub fn frame_len(&self, identity: &[u8], version: &[u8]) -> usize {
-        4 + self.dnstap_len(identity, version)
-    }
-
-    fn dnstap_len(&self, identity: &[u8], version: &[u8]) -> usize {
-        bytes_field_len(1, identity.len())
-            + bytes_field_len(2, version.len())
-            + bytes_field_len(14, self.message_len())
-            + varint_field_len(15, DNSTAP_TYPE_MESSAGE)
+        self.layout(identity, version).frame_len()
     }
 
     /// Appends one Frame Streams data frame holding a `Dnstap` message with this event.
     pub fn put_frame(&self, identity: &[u8], version: &[u8], out: &mut Vec<u8>) {
-        let len = self.dnstap_len(identity, version);
-        out.reserve(4 + len);
+        let layout = self.layout(identity, version);
+        self.put_frame_laid_out(&layout, identity, version, out);
+    }
+
+    /// [`put_frame`](Self::put_frame) with the layout already computed (by
+    /// [`layout`](Self::layout) for the same identity and version).
+    pub fn put_frame_laid_out(&self, layout: &Layout, identity: &[u8], version: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
-        out.extend_from_slice(&(len as u32).to_be_bytes());
-        put_bytes_field(out, 1, identity);
-        put_bytes_field(out, 2, version);
-        put_varint(out, key(14, LEN));
-        put_varint(out, self.message_len() as u64);
-        self.put_message(out);
-        put_varint_field(out, 15, DNSTAP_TYPE_MESSAGE);
-        debug_assert_eq!(out.len() - start, 4 + len);
+        out.resize(start + layout.frame_len(), 0);
+        let mut w = Cursor { buf: &mut out[start..], at: 0 };
+        w.slice(&(layout.dnstap as u32).to_be_bytes());
+        w.bytes_field(1, identity);
+        w.bytes_field(2, version);
+        w.varint(key(14, LEN));
+        w.varint(layout.message as u64);
+        // Message fields in field-number order, as protobuf encoders write them.
+        w.varint_field(1, self.kind as u64);
+        if let Some(f) = self.family() {
+            w.varint_field(2, f);
+        }
+        w.varint_field(3, self.protocol as u64);
+        if let Some(a) = self.query_addr {
+            w.bytes_field(4, Octets::of(a.ip()).as_slice());
+        }
+        if let Some(a) = self.response_addr {
+            w.bytes_field(5, Octets::of(a.ip()).as_slice());
+        }
+        if let Some(a) = self.query_addr {
+            w.varint_field(6, u64::from(a.port()));
+        }
+        if let Some(a) = self.response_addr {
+            w.varint_field(7, u64::from(a.port()));
+        }
+        if let Some((secs, nanos)) = layout.query_time {
+            w.varint_field(8, secs);
+            w.fixed32_field(9, nanos);
+        }
+        if let Some(m) = self.query_message {
+            w.bytes_field(10, m);
+        }
+        if let Some(z) = self.query_zone {
+            w.bytes_field(11, z);
+        }
+        if let Some((secs, nanos)) = layout.response_time {
+            w.varint_field(12, secs);
+            w.fixed32_field(13, nanos);
+        }
+        if let Some(m) = self.response_message {
+            w.bytes_field(14, m);
+        }
+        w.varint_field(15, DNSTAP_TYPE_MESSAGE);
+        debug_assert_eq!(w.at, layout.frame_len());
     }
 }
 

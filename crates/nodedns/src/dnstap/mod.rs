@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use nodedns_upstream::{ExchangeObserver, WireProtocol};
 
-pub use encode::{Event, MessageType, SocketProtocol, count_frames};
+pub use encode::{Event, Layout, MessageType, SocketProtocol, count_frames};
 
 use crate::config::{DnstapConfig, DnstapTarget};
 use crate::logging::RateLimitedWarn;
@@ -191,14 +191,21 @@ impl Dnstap {
         }
     }
 
-    /// Encodes `events` into one queued buffer, or drops and counts them.
+    /// Encodes `events` (at most two: a query and its response) into one queued buffer, or
+    /// drops and counts them.
     fn emit(&self, events: &[Event<'_>]) {
         let s = &*self.shared;
         let dropped = || s.dropped.inc_by(events.len() as u64);
         if s.stop.load(Relaxed) {
             return dropped();
         }
-        let len: usize = events.iter().map(|e| e.frame_len(&s.identity, &s.version)).sum();
+        let events = &events[..events.len().min(2)];
+        let mut layouts = [Layout::default(); 2];
+        for (l, e) in layouts.iter_mut().zip(events) {
+            *l = e.layout(&s.identity, &s.version);
+        }
+        let layouts = &layouts[..events.len()];
+        let len: usize = layouts.iter().map(Layout::frame_len).sum();
         let large = len > SLOT_KEEP;
         if large && s.large_bytes.fetch_add(len, Relaxed) + len > MAX_LARGE_BYTES {
             s.large_bytes.fetch_sub(len, Relaxed);
@@ -218,8 +225,8 @@ impl Dnstap {
             }
             return dropped();
         };
-        for e in events {
-            e.put_frame(&s.identity, &s.version, &mut buf);
+        for (e, l) in events.iter().zip(layouts) {
+            e.put_frame_laid_out(l, &s.identity, &s.version, &mut buf);
         }
         match self.queue.try_send(buf) {
             Ok(()) => {}
