@@ -255,3 +255,36 @@ admin:
     assert!(text.contains("\nnodedns_dnstap_sent_total 0\n"), "{text}");
     assert!(text.contains("\nnodedns_dnstap_dropped_total 0\n"), "{text}");
 }
+
+#[test]
+fn when_the_reader_goes_away_the_stream_resumes_with_the_next_one() {
+    tools();
+    let dir = scratch("reconnect");
+    let socket = dir.join("tap.sock");
+    let (first_file, second_file) = (dir.join("first.fstrm"), dir.join("second.fstrm"));
+    let first = Capture::start(&socket, &first_file);
+    let up = upstream();
+    let mut d = Daemon::start(&config(up.addr(), &format!("    socket: {}", socket.display())));
+    wait_until("dnstap stream open", T, || d.log().contains("dnstap output open"));
+    let sent = d.metric("nodedns_dnstap_sent_total");
+    query_udp(d.dns, "hit.example", RecordType::A, T).unwrap();
+    wait_until("the first reader's messages", T, || d.metric("nodedns_dnstap_sent_total") >= sent + 2.0);
+    first.stop();
+    // A new collector on the same path: nodedns notices the old one is gone at its next write
+    // (those messages are dropped and counted), reconnects with backoff and carries on.
+    let second = Capture::start(&socket, &second_file);
+    let resumed_from = d.metric("nodedns_dnstap_sent_total");
+    wait_until("messages to the second reader", Duration::from_secs(15), || {
+        query_udp(d.dns, "tcp.example", RecordType::A, T).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        d.metric("nodedns_dnstap_sent_total") >= resumed_from + 4.0
+    });
+    assert_eq!(d.stop(), Some(0));
+    second.stop();
+    let before = read_capture(&first_file);
+    assert!(count(&before, "CLIENT_QUERY", "UDP", "hit.example") >= 1, "{before:#?}");
+    let after = read_capture(&second_file);
+    assert!(count(&after, "CLIENT_QUERY", "UDP", "tcp.example") >= 1, "{after:#?}");
+    assert!(count(&after, "CLIENT_RESPONSE", "UDP", "tcp.example") >= 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
