@@ -364,8 +364,15 @@ impl UpstreamPool {
             // ejected, client queries fail fast without reaching one, and the probes are all the
             // traffic left, so an error ratio without them goes 0/0 and the alert on it resolves.
             state.endpoint.stats.queries.fetch_add(1, Relaxed);
-            match exchange_and_ingest(&self.config, self.observer.as_deref(), state, q, bailiwick, started + self.config.query_timeout)
-                .await
+            match exchange_and_ingest(
+                &self.config,
+                self.observer.as_deref(),
+                state,
+                q,
+                bailiwick,
+                started + self.config.query_timeout,
+            )
+            .await
             {
                 Ok(_) if state.endpoint.record_success(started.elapsed()) == Some(HealthChange::Readmitted) => {
                     info!(endpoint = %state.endpoint.addr, "upstream endpoint answered a health probe: re-admitted");
@@ -434,7 +441,9 @@ impl UpstreamPool {
                 && let Some(_permit) = ep.acquire(Duration::ZERO).await
             {
                 let deadline = Instant::now() + config.query_timeout;
-                match exchange_and_ingest(&config, observer.as_deref(), &state, &probe.question(), &zone, deadline).await {
+                match exchange_and_ingest(&config, observer.as_deref(), &state, &probe.question(), &zone, deadline)
+                    .await
+                {
                     Err((ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Closed, _)) => {
                         if let Some(HealthChange::Ejected { for_duration }) = ep.eject(&config.ejection) {
                             warn!(
