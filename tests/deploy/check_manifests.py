@@ -289,10 +289,26 @@ def install_checks(checks, name, objs, base_cfg, render_dir):
         env = {e["name"]: e for e in ctr.get("env", [])}
         if env.get("HOST_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "status.hostIP":
             p.append("env HOST_IP must come from status.hostIP")
-        for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
-            g = ctr.get(probe, {}).get("httpGet", {})
-            if (g.get("host"), g.get("port"), g.get("path")) != ("127.0.0.1", ADMIN_PORT, path):
-                p.append(f"{probe} must be httpGet 127.0.0.1:{ADMIN_PORT}{path}")
+        # Probes must reach this pod's own process: an exec of `nodedns health` on the --admin-socket, which
+        # must lie in an emptyDir (never on a hostPath or the shared admin port, issue 15).
+        sockets = [a.split("=", 1)[1] for a in args if a.startswith("--admin-socket=")]
+        if len(sockets) != 1:
+            p.append("args must name the pod's own admin socket once (--admin-socket=PATH)")
+        else:
+            sock_dir = sockets[0].rsplit("/", 1)[0]
+            owner = [m for m in mounts.values() if m["mountPath"] == sock_dir]
+            if not owner or "emptyDir" not in vols.get(owner[0]["name"], {}):
+                p.append(f"--admin-socket {sockets[0]} must be in an emptyDir mounted at {sock_dir}")
+            for probe, ready in (("livenessProbe", False), ("readinessProbe", True)):
+                pr = ctr.get(probe, {})
+                cmd = pr.get("exec", {}).get("command", [])
+                if "httpGet" in pr or "tcpSocket" in pr or cmd[:2] != ["/usr/local/bin/nodedns", "health"] or \
+                        f"--socket={sockets[0]}" not in cmd or ("--ready" in cmd) != ready:
+                    p.append(f"{probe} must exec `/usr/local/bin/nodedns health{' --ready' if ready else ''} "
+                             f"--socket={sockets[0]}`, got {pr}")
+                ms = [int(a.split("=", 1)[1]) for a in cmd if a.startswith("--timeout-ms=")] or [1500]
+                if ms[0] >= pr.get("timeoutSeconds", 1) * 1000:
+                    p.append(f"{probe}: --timeout-ms {ms[0]} must be below timeoutSeconds")
         hp = {v["hostPath"]["path"]: v for v in vols.values() if "hostPath" in v}
         if hp.get("/run/nodedns", {}).get("hostPath", {}).get("type") != "DirectoryOrCreate":
             p.append("hostPath /run/nodedns (DirectoryOrCreate) missing")

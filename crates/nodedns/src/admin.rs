@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -27,11 +27,15 @@ const HEALTH_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the admin endpoints read.
 pub struct AdminState {
     pub engine: Arc<Engine>,
-    pub workers: Arc<WorkerControl>,
+    /// Set once the UDP workers run (admin starts before them, to answer probes while waiting).
+    pub workers: OnceLock<Arc<WorkerControl>>,
     /// Where `/health` sends its query.
     pub dns_target: SocketAddr,
     /// Listeners are bound and serving.
     pub serving: AtomicBool,
+    /// Another nodedns serves this node and this process waits for an upstream answer before
+    /// taking over its sockets (issue 15): alive (not restarted) but not ready.
+    pub waiting_for_takeover: AtomicBool,
     /// Enables `/debug/stall` (tests only: `NODEDNS_TEST_HOOKS=1`).
     pub test_hooks: bool,
 }
@@ -44,10 +48,13 @@ impl AdminState {
     /// Healthy iff a real query to our own DNS socket is answered in time and every worker is
     /// looping. A stuck worker or a full, unread socket fails this (node-cache's check did not).
     pub fn healthy(&self) -> Result<(), String> {
-        if !self.serving.load(Relaxed) {
-            return Err("not serving yet".into());
+        if self.waiting_for_takeover.load(Relaxed) {
+            return Ok(());
         }
-        let age = self.workers.max_heartbeat_age();
+        let (true, Some(workers)) = (self.serving.load(Relaxed), self.workers.get()) else {
+            return Err("not serving yet".into());
+        };
+        let age = workers.max_heartbeat_age();
         if age > MAX_HEARTBEAT_AGE {
             return Err(format!("a UDP worker has not run for {} ms", age.as_millis()));
         }
@@ -120,55 +127,109 @@ async fn handle(
         (&Method::GET, "/ready") => {
             if state.ready() {
                 text(StatusCode::OK, "ready\n")
+            } else if state.waiting_for_takeover.load(Relaxed) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: another nodedns serves this node; taking over once an upstream answers\n",
+                )
             } else if !state.serving.load(Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: listeners not serving\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no upstream has answered yet\n")
             }
         }
-        (&Method::POST, "/debug/stall") if state.test_hooks => {
-            let ms: u64 =
-                req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(3000);
-            let until = state.workers.now_ms() + ms;
-            state.workers.stall_until_ms.store(until, Relaxed);
-            warn!(ms, "test hook: UDP workers stalled");
-            text(StatusCode::OK, "stalled\n")
-        }
+        (&Method::POST, "/debug/stall") if state.test_hooks => match state.workers.get() {
+            Some(workers) => {
+                let ms: u64 =
+                    req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(3000);
+                let until = workers.now_ms() + ms;
+                workers.stall_until_ms.store(until, Relaxed);
+                warn!(ms, "test hook: UDP workers stalled");
+                text(StatusCode::OK, "stalled\n")
+            }
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "not serving yet\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
 
-/// Serves admin HTTP on the given listeners, on a dedicated thread, until the process exits.
-pub fn spawn(listeners: Vec<std::net::TcpListener>, state: Arc<AdminState>) -> std::io::Result<()> {
+/// Where admin HTTP is served: TCP (Prometheus, curl) or the pod's own unix socket (probes).
+pub enum AdminListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// One connection, bounded in time so a stuck client cannot hold it.
+fn serve_connection<S>(stream: S, state: Arc<AdminState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = service_fn(move |req| handle(req, state.clone()));
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+    });
+}
+
+/// Whether an accept error means the listener is gone for good: a TCP listener shut down after
+/// its port was released to a successor answers EINVAL from then on.
+fn listener_closed(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidInput
+}
+
+/// Serves admin HTTP on the given listeners, on a dedicated thread, until the process exits
+/// (a TCP listener also until it is shut down).
+pub fn spawn(listeners: Vec<AdminListener>, state: Arc<AdminState>) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("nodedns-admin".into()).spawn(move || {
         rt.block_on(async move {
             let mut tasks = Vec::new();
             for l in listeners {
-                let addr = l.local_addr().ok();
-                let listener = match tokio::net::TcpListener::from_std(l) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        warn!(error = %e, "admin listener unusable");
-                        continue;
-                    }
-                };
-                info!(addr = ?addr, "admin HTTP listening");
                 let state = state.clone();
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
+                match l {
+                    AdminListener::Tcp(l) => {
+                        let addr = l.local_addr().ok();
+                        let listener = match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                warn!(error = %e, "admin listener unusable");
+                                continue;
+                            }
                         };
-                        let state = state.clone();
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req| handle(req, state.clone()));
-                            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-                            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-                        });
+                        info!(addr = ?addr, "admin HTTP listening");
+                        tasks.push(tokio::spawn(async move {
+                            loop {
+                                match listener.accept().await {
+                                    Ok((stream, _)) => serve_connection(stream, state.clone()),
+                                    Err(e) if listener_closed(&e) => {
+                                        info!(addr = ?addr, "admin HTTP listener released");
+                                        return;
+                                    }
+                                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                                }
+                            }
+                        }));
                     }
-                }));
+                    AdminListener::Unix(l) => {
+                        let path = l.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
+                        let listener = match tokio::net::UnixListener::from_std(l) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                warn!(error = %e, "admin socket unusable");
+                                continue;
+                            }
+                        };
+                        info!(path = ?path, "admin HTTP listening on the pod's socket");
+                        tasks.push(tokio::spawn(async move {
+                            loop {
+                                match listener.accept().await {
+                                    Ok((stream, _)) => serve_connection(stream, state.clone()),
+                                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                                }
+                            }
+                        }));
+                    }
+                }
             }
             for t in tasks {
                 let _ = t.await;

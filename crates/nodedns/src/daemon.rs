@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminListener, AdminState};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::{CacheSample, Metrics, ScrapeSample, ScrapedCollector, upstream_sample};
@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     /// When the process started (before the config was read): start-to-ready is logged from it.
     pub started: Instant,
+    /// Admin HTTP on a unix socket that belongs to this pod (`--admin-socket`): what the
+    /// kubelet's exec probes ask, so that they reach this process and never a neighbour.
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// UDP workers: as configured, else one per CPU this process may run on.
@@ -73,6 +76,47 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
     let engine = Engine::new(&serving, metrics.clone());
     register_scraped(&metrics, &engine);
 
+    let dns_target = {
+        let mut t = config.listen[0];
+        if t.ip().is_unspecified() {
+            t.set_ip(if t.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        t
+    };
+    let admin_state = Arc::new(AdminState {
+        engine: engine.clone(),
+        workers: std::sync::OnceLock::new(),
+        dns_target,
+        serving: AtomicBool::new(false),
+        waiting_for_takeover: AtomicBool::new(false),
+        test_hooks: std::env::var("NODEDNS_TEST_HOOKS").is_ok_and(|v| v == "1"),
+    });
+    // The pod's own admin socket answers from the start: probes must see this process's state
+    // (also "waiting to take over"), never the other pod's.
+    if let Some(path) = &opts.admin_socket {
+        let l = crate::admin_socket::bind(path).map_err(RunError::Bind)?;
+        admin::spawn(vec![AdminListener::Unix(l)], admin_state.clone()).map_err(RunError::Runtime)?;
+    }
+
+    // Rollout gate (issue 15): while another nodedns serves this node, take nothing from it (no
+    // node setup, no sockets) until an upstream has answered us. A new version that cannot reach
+    // CoreDNS never becomes ready, and the old pod keeps serving until the broken one is deleted.
+    if let Some(path) = &config.server.handover_socket
+        && crate::handover::predecessor_serving(path)
+    {
+        admin_state.waiting_for_takeover.store(true, Relaxed);
+        info!("another nodedns serves this node: taking over its sockets once an upstream answers");
+        if !wait_before_takeover(&engine, path, started).await {
+            info!("stopped before taking over: the running nodedns keeps serving this node");
+            return Ok(());
+        }
+        admin_state.waiting_for_takeover.store(false, Relaxed);
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     // Node setup first, so the addresses normally exist when we bind (FREEBIND covers the other
     // order). Only an invalid spec (a config error) stops the start: a failing apply (no
@@ -91,6 +135,15 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
         }
         None => None,
     };
+
+    // Bound before the handover, so that the admin port (SO_REUSEPORT) is never without a
+    // listener: the predecessor releases its own once it has handed over (see the export).
+    let mut admin_tcp = Vec::new();
+    for a in &config.admin.listen {
+        admin_tcp.push(bind_tcp(*a).map_err(RunError::Bind)?);
+    }
+    let admin_release: Vec<socket2::Socket> =
+        admin_tcp.iter().filter_map(|l| l.try_clone().ok()).map(socket2::Socket::from).collect();
 
     // Zero-loss rollout: take the predecessor's sockets if one serves on this node.
     let handed_over = Arc::new(AtomicBool::new(false));
@@ -142,6 +195,12 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
                     }
                 }
             });
+            // Prometheus scrapes must reach one process: the successor has bound the admin port
+            // by now, so this process leaves it (shutdown takes a listener out of the SO_REUSEPORT
+            // group at once). Its probes still reach it over its own admin socket.
+            for l in &admin_release {
+                let _ = l.shutdown(std::net::Shutdown::Both);
+            }
             failed.map_or(Ok(n), Err)
         });
         let served = listeners
@@ -158,10 +217,6 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
         }
     }
     let own_udp_inodes: Vec<u64> = listeners.udp.iter().filter_map(|(_, s)| socket_inode(s)).collect();
-    let mut admin_listeners = Vec::new();
-    for a in &config.admin.listen {
-        admin_listeners.push(bind_tcp(*a).map_err(RunError::Bind)?);
-    }
     // Least privilege: every socket is bound and node setup has run. Keep only what resync and
     // teardown need (NET_ADMIN, and NET_RAW where granted for iptables-legacy); nothing without
     // node integration. NET_BIND_SERVICE goes: listeners are never rebound (restart needed).
@@ -206,25 +261,10 @@ async fn run_async(config: Config, opts: RunOptions, workers: usize) -> Result<(
         info!(%addr, "TCP serving");
     }
 
-    let dns_target = {
-        let mut t = config.listen[0];
-        if t.ip().is_unspecified() {
-            t.set_ip(if t.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        t
-    };
-    let admin_state = Arc::new(AdminState {
-        engine: engine.clone(),
-        workers: control.clone(),
-        dns_target,
-        serving: AtomicBool::new(true),
-        test_hooks: std::env::var("NODEDNS_TEST_HOOKS").is_ok_and(|v| v == "1"),
-    });
-    admin::spawn(admin_listeners, admin_state.clone()).map_err(RunError::Runtime)?;
+    let _ = admin_state.workers.set(control.clone());
+    admin_state.serving.store(true, Relaxed);
+    admin::spawn(admin_tcp.into_iter().map(AdminListener::Tcp).collect(), admin_state.clone())
+        .map_err(RunError::Runtime)?;
 
     for zone in engine.zones().iter().filter(|z| z.config.discover.is_some()) {
         tokio::spawn(crate::discover::run(engine.clone(), zone.config.name.clone(), stop_rx.clone()));
@@ -309,6 +349,29 @@ async fn wait_for_shutdown() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+/// Waits until an upstream answers (true), the predecessor stops serving (true: serve rather
+/// than leave the node without DNS), or SIGTERM/SIGINT (false).
+async fn wait_before_takeover(engine: &Arc<Engine>, handover: &std::path::Path, started: Instant) -> bool {
+    // Never fires: the shutdown branch below ends the wait.
+    let (_never_tx, never) = watch::channel(false);
+    let answered = probe_until_answered(engine.clone(), never, started);
+    let shutdown = wait_for_shutdown();
+    tokio::pin!(answered, shutdown);
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut answered => return true,
+            _ = &mut shutdown => return false,
+            _ = check.tick() => {
+                if !crate::handover::predecessor_serving(handover) {
+                    warn!("the running nodedns went away before an upstream answered: taking over now");
+                    return true;
+                }
+            }
+        }
     }
 }
 

@@ -74,6 +74,11 @@ pub fn read_cache(mut stream: UnixStream, deadline: Duration, mut import: impl F
     }
 }
 
+/// Whether a nodedns process serves handover requests at `path` (without asking for anything).
+pub fn predecessor_serving(path: &Path) -> bool {
+    UnixStream::connect(path).is_ok()
+}
+
 /// Asks the process serving at `path` for its DNS sockets.
 pub fn receive(path: &Path) -> Result<Received, HandoverError> {
     let io = |source| HandoverError::Io { path: path.into(), source };
@@ -141,9 +146,14 @@ pub fn serve(
             let Ok(mut conn) = conn else { continue };
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
             let mut req = [0u8; REQUEST.len()];
-            if conn.read_exact(&mut req).is_err() || req != REQUEST {
-                warn!(path = %path.display(), "ignoring a malformed handover request");
-                continue;
+            match conn.read_exact(&mut req) {
+                Ok(()) if req == REQUEST => {}
+                // A successor waiting to take over checks that we still serve: connect, close.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => continue,
+                _ => {
+                    warn!(path = %path.display(), "ignoring a malformed handover request");
+                    continue;
+                }
             }
             let raw: Vec<RawFd> = sockets.iter().take(MAX_FDS).map(|s| s.as_raw_fd()).collect();
             let header = format!("ok {}\n", raw.len());

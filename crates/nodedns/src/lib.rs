@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod admin_socket;
 pub mod config;
 pub mod daemon;
 pub mod discover;

@@ -35,6 +35,23 @@ enum Command {
         /// Admin HTTP address (repeatable); replaces `admin.listen`.
         #[arg(long = "admin-listen")]
         admin_listen: Vec<String>,
+        /// Also serve admin HTTP on this unix socket (a path only this pod has, e.g. in an emptyDir),
+        /// for `nodedns health --socket`. Bound at start, before node setup and handover.
+        #[arg(long = "admin-socket")]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Ask the nodedns process serving admin HTTP on SOCKET for /health (or /ready): prints its
+    /// answer, exits 0 on 200 and 1 otherwise. The kubelet's exec probe: it reaches this pod's own
+    /// process, whatever the other pod on the node answers on the shared admin port.
+    Health {
+        #[arg(long)]
+        socket: PathBuf,
+        /// /ready instead of /health.
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this many milliseconds (keep it below the probe's timeoutSeconds).
+        #[arg(long = "timeout-ms", default_value_t = 1500)]
+        timeout_ms: u64,
     },
     /// Validate a config file: exit 0, or 64 listing every problem.
     CheckConfig {
@@ -74,7 +91,24 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_USAGE)
             }
         },
-        Command::Run { config, admin_listen } => {
+        Command::Health { socket, ready, timeout_ms } => {
+            let route = if ready { "/ready" } else { "/health" };
+            match nodedns::admin_socket::get(&socket, route, std::time::Duration::from_millis(timeout_ms)) {
+                Ok((200, body)) => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Ok((code, body)) => {
+                    print!("{code} {body}");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    println!("nodedns health: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run { config, admin_listen, admin_socket } => {
             let mut cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -98,7 +132,7 @@ fn main() -> ExitCode {
             nodedns::logging::init(&cfg.log);
             match nodedns::daemon::run(
                 cfg,
-                nodedns::daemon::RunOptions { config_path: config, started: process_started },
+                nodedns::daemon::RunOptions { config_path: config, started: process_started, admin_socket },
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
