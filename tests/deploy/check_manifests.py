@@ -327,6 +327,9 @@ def install_checks(checks, name, objs, base_cfg, render_dir):
         return
 
     checks.check(f"{name}: config has only known keys and valid enums", lambda: config_key_problems(cfg))
+    checks.check(f"{name}: memory request and limit cover the documented bound (README, Bounds)",
+                 lambda: memory_problems(ctr.get("resources", {}), cfg)
+                 if "memory" in ctr.get("resources", {}).get("limits", {}) else ["no memory limit"])
 
     def config_vs_objects():
         p = []
@@ -375,6 +378,41 @@ def install_checks(checks, name, objs, base_cfg, render_dir):
                 return [f"is identical to the base config; expected a change in {changes}"]
             return []
         checks.check(f"{name}: config equals the base config but for the mode's change", same_as_base)
+
+
+MIB = 1 << 20
+UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "M": 1000 ** 2, "G": 1000 ** 3, "": 1}
+
+
+def quantity_bytes(q):
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|K|M|G|)", str(q))
+    if not m:
+        raise ValueError(f"unsupported memory quantity {q!r}")
+    return int(m.group(1)) * UNITS[m.group(2)]
+
+
+def memory_bound(cfg):
+    """The daemon's documented memory bound (README.md, "Bounds"), enforced by the flood test:
+    cache.max_bytes + 24 MiB + 12 KiB x limits.max_inflight (defaults: 64 MiB, 10000)."""
+    max_bytes = cfg.get("cache", {}).get("max_bytes", 64 * MIB)
+    inflight = cfg.get("limits", {}).get("max_inflight", 10000)
+    return max_bytes + 24 * MIB + 12 * 1024 * inflight
+
+
+def memory_problems(resources, cfg):
+    """An OOM kill skips the teardown and drops the cache: limit >= 1.2 x bound, request >= bound."""
+    bound = memory_bound(cfg)
+    try:
+        limit = quantity_bytes(resources["limits"]["memory"])
+        request = quantity_bytes(resources.get("requests", {}).get("memory", "0"))
+    except ValueError as e:
+        return [str(e)]
+    p = []
+    if limit < 1.2 * bound:
+        p.append(f"memory limit {limit / MIB:.0f} MiB is below 1.2 x the documented bound {bound / MIB:.1f} MiB")
+    if request < bound:
+        p.append(f"memory request {request / MIB:.0f} MiB is below the documented bound {bound / MIB:.1f} MiB")
+    return p
 
 
 # --- monitoring objects -------------------------------------------------------------------------------------
