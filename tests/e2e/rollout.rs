@@ -1,13 +1,13 @@
 //! Zero-downtime rollout and hot reload (issue 6).
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use nodedns_e2e::load::run_load;
 use nodedns_e2e::testkit::{FakeUpstream, query_udp};
 use nodedns_e2e::{Daemon, client_socket, free_addr, metric_sum};
 
@@ -28,83 +28,6 @@ server:
   handover_socket: "{handover}"
 "#
     )
-}
-
-/// Load results: per-query latency, counts of lost and SERVFAIL answers.
-#[derive(Default, Debug)]
-struct LoadReport {
-    sent: usize,
-    answered: usize,
-    servfail: usize,
-    latencies: Vec<Duration>,
-}
-
-impl LoadReport {
-    fn p99(&self) -> Duration {
-        let mut l = self.latencies.clone();
-        l.sort();
-        l.get(((l.len() as f64) * 0.99) as usize).copied().unwrap_or_default()
-    }
-}
-
-/// Sends `qps` queries a second to `dns` for `duration` (names cycling through `names`), on
-/// one socket, and collects every answer; waits up to 3 s at the end for stragglers.
-fn run_load(dns: SocketAddr, qps: u64, duration: Duration, names: &[String], stop: Arc<AtomicBool>) -> LoadReport {
-    let s: UdpSocket = client_socket();
-    s.set_nonblocking(true).unwrap();
-    // Encoded once: the loop only patches the ID, so the client keeps up with the rate.
-    let packets: Vec<Vec<u8>> = names
-        .iter()
-        .map(|n| {
-            let mut q = Message::new(0, MessageType::Query, OpCode::Query);
-            q.metadata.recursion_desired = true;
-            q.add_query(Query::query(Name::from_ascii(n).unwrap(), RecordType::A));
-            q.to_vec().unwrap()
-        })
-        .collect();
-    let mut pending: HashMap<u16, Instant> = HashMap::new();
-    let mut r = LoadReport::default();
-    let mut buf = [0u8; 1500];
-    let start = Instant::now();
-    let interval = Duration::from_nanos(1_000_000_000 / qps);
-    let mut next = start;
-    let drain = |s: &UdpSocket, pending: &mut HashMap<u16, Instant>, r: &mut LoadReport, buf: &mut [u8]| {
-        while let Ok(n) = s.recv(buf) {
-            if n < 12 {
-                continue;
-            }
-            let id = u16::from_be_bytes([buf[0], buf[1]]);
-            if let Some(t) = pending.remove(&id) {
-                r.answered += 1;
-                r.latencies.push(t.elapsed());
-                if buf[3] & 0x0f == 2 {
-                    r.servfail += 1;
-                }
-            }
-        }
-    };
-    while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
-        while Instant::now() >= next {
-            let id = (r.sent % 65536) as u16;
-            let mut p = packets[r.sent % packets.len()].clone();
-            p[..2].copy_from_slice(&id.to_be_bytes());
-            // A full send buffer is the client's problem, not a lost query: retry.
-            while s.send_to(&p, dns).is_err() {
-                drain(&s, &mut pending, &mut r, &mut buf);
-            }
-            pending.insert(id, Instant::now());
-            r.sent += 1;
-            next += interval;
-        }
-        drain(&s, &mut pending, &mut r, &mut buf);
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    let end = Instant::now() + Duration::from_secs(3);
-    while !pending.is_empty() && Instant::now() < end {
-        drain(&s, &mut pending, &mut r, &mut buf);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    r
 }
 
 #[test]
@@ -131,7 +54,14 @@ fn process_replaced_three_times_under_load_loses_nothing() {
             &[],
         );
         d.wait_ready(Duration::from_secs(10));
-        run_load(d.dns, 5000, Duration::from_secs(secs.min(10)), &names, Arc::new(AtomicBool::new(false)))
+        run_load(
+            client_socket(),
+            d.dns,
+            5000,
+            Duration::from_secs(secs.min(10)),
+            &names,
+            Arc::new(AtomicBool::new(false)),
+        )
     };
 
     let mut current = Daemon::spawn_at(&cfg, dns, free_addr(), &[]);
@@ -140,7 +70,7 @@ fn process_replaced_three_times_under_load_loses_nothing() {
     let load = {
         let names = names.clone();
         let stop = stop.clone();
-        std::thread::spawn(move || run_load(dns, 5000, Duration::from_secs(secs), &names, stop))
+        std::thread::spawn(move || run_load(client_socket(), dns, 5000, Duration::from_secs(secs), &names, stop))
     };
     let mut replaced = 0;
     for _ in 0..3 {

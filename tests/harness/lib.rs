@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 pub use nodedns_testkit as testkit;
 
+pub mod load;
+
 /// The `nodedns` binary: `$NODEDNS_BIN`, else `target/<profile>/nodedns` next to this test.
 pub fn nodedns_bin() -> PathBuf {
     if let Ok(p) = std::env::var("NODEDNS_BIN") {
