@@ -250,6 +250,67 @@ fn sigkill_fails_open_to_kube_dns_and_restart_takes_over_iptables() {
     sigkill_fails_open("iptables", KubeProxy::IptablesLegacy);
 }
 
+/// ClusterIP takeover with kube-proxy in nftables mode: `firewall: auto` picks nftables, the
+/// NOTRACKed packets skip kube-proxy's nat chains and its `ct state new` checks (the reject of
+/// un-DNATed ClusterIP traffic included), and SIGKILL fails open to its DNAT.
+#[test]
+fn clusterip_takeover_with_kube_proxy_in_nftables_mode() {
+    let Some(lab) = lab(KubeProxy::Nftables) else { return };
+    assert_eq!(lab.pod_whoami(CLUSTER_IP, false), "kube-dns", "the stand-in kube-proxy DNATs");
+    // That query's entry is kube-proxy's, not a sign of nodedns traffic being tracked.
+    ns_ok(&lab.node, "conntrack -F 2>/dev/null");
+    let config = NodeConfig::new("auto", &[LINK_LOCAL, CLUSTER_IP, LINK_LOCAL6, CLUSTER_IP6]);
+    let d = NodeDaemon::start(&lab, &config);
+    assert!(d.log().contains("Nftables"), "auto must pick nftables next to kube-proxy's tables:\n{}", d.log());
+    for ip in [CLUSTER_IP, CLUSTER_IP6] {
+        for tcp in [false, true] {
+            assert_eq!(lab.pod_whoami(ip, tcp), "upstream", "pod → {ip} (tcp: {tcp}) answered by nodedns");
+        }
+        assert_eq!(lab.node_whoami(ip, false), "upstream", "host-network client → {ip}");
+    }
+    for _ in 0..20 {
+        lab.pod_whoami(CLUSTER_IP, false);
+    }
+    let ours = dns_entries_to(&lab.conntrack(), &[CLUSTER_IP, CLUSTER_IP6, LINK_LOCAL, LINK_LOCAL6]);
+    assert!(ours.is_empty(), "conntrack entries for our addresses: {ours:?}");
+    drop(d);
+    sigkill_fails_open("auto", KubeProxy::Nftables);
+}
+
+/// Link-local mode has nothing to fail open to (the kubelet hands pods only 169.254.20.10): after a
+/// SIGKILL the address is left without a socket, so queries are refused at once (ICMP port
+/// unreachable), from pods and host-network clients alike, rather than left to time out; a
+/// restarted nodedns serves again over the interface and rules left behind.
+fn sigkill_in_link_local_mode_is_refused_at_once(firewall: &'static str) {
+    let Some(lab) = lab(KubeProxy::IptablesNft) else { return };
+    let config = NodeConfig::new(firewall, &[LINK_LOCAL]);
+    let mut d = NodeDaemon::start(&lab, &config);
+    assert_eq!(lab.pod_whoami(LINK_LOCAL, false), "upstream");
+    d.kill();
+    std::thread::sleep(Duration::from_millis(100));
+    for ns in [&lab.pod, &lab.node] {
+        let started = Instant::now();
+        let out = ns_sh(ns, &format!("dig +time=3 +tries=1 @{LINK_LOCAL} whoami.cluster.local TXT"));
+        let took = started.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{firewall}: link-local query from {ns} after SIGKILL: {took:?}");
+        assert!(text.contains("connection refused"), "{ns}: not refused: {text}");
+        assert!(took < Duration::from_secs(2), "{ns}: refused only after {took:?}");
+    }
+    let _d2 = NodeDaemon::start(&lab, &config);
+    assert_eq!(lab.pod_whoami(LINK_LOCAL, false), "upstream", "served again after restart");
+}
+
+#[test]
+fn sigkill_in_link_local_mode_is_refused_at_once_nftables() {
+    sigkill_in_link_local_mode_is_refused_at_once("nftables");
+}
+
+#[test]
+fn sigkill_in_link_local_mode_is_refused_at_once_iptables() {
+    sigkill_in_link_local_mode_is_refused_at_once("iptables");
+}
+
 // 5. IPv6 and dual stack ---------------------------------------------------------------------
 
 fn serves_addresses(firewall: &'static str, addresses: &[&'static str], cluster_ips: &[&'static str]) {

@@ -28,11 +28,13 @@ pub const UPSTREAM6: &str = "fd00:245::3";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// Which iptables the stand-in kube-proxy programs its DNAT with.
+/// How the stand-in kube-proxy programs its DNAT: iptables mode (either iptables variant) or
+/// nftables mode (its own `kube-proxy` tables, as kube-proxy ≥ 1.31 `--proxy-mode=nftables`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KubeProxy {
     IptablesNft,
     IptablesLegacy,
+    Nftables,
 }
 
 impl KubeProxy {
@@ -42,6 +44,7 @@ impl KubeProxy {
             (KubeProxy::IptablesNft, true) => "ip6tables-nft",
             (KubeProxy::IptablesLegacy, false) => "iptables-legacy",
             (KubeProxy::IptablesLegacy, true) => "ip6tables-legacy",
+            (KubeProxy::Nftables, _) => "nft",
         }
     }
 }
@@ -89,6 +92,33 @@ pub fn unavailable() -> Option<String> {
         }
     }
     None
+}
+
+/// The shape of kube-proxy's nftables mode for one Service (the DNS ClusterIP, port 53): DNAT in
+/// nat chains at priority dstnat, and its filter checks, every one of them for `ct state new`
+/// only, including the reject of ClusterIP traffic that was not DNATed (`cluster-ips-check`,
+/// after DNAT in forward and output) and the drop of unallocated ClusterIPs.
+fn kube_proxy_nftables(v6: bool, vip: &str, target: &str) -> String {
+    let (family, ip, cidr) = if v6 { ("ip6", "ip6", "fd00:96::/64") } else { ("ip", "ip", "10.96.0.0/12") };
+    format!(
+        "table {family} kube-proxy {{
+  chain services {{
+    {ip} daddr {vip} udp dport 53 dnat to {target}:53
+    {ip} daddr {vip} tcp dport 53 dnat to {target}:53
+  }}
+  chain cluster-ips-check {{
+    {ip} daddr {vip} reject
+    {ip} daddr {cidr} drop
+  }}
+  chain service-endpoints-check {{
+  }}
+  chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}
+  chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
+  chain filter-input {{ type filter hook input priority 0; policy accept; ct state new jump service-endpoints-check; }}
+  chain filter-forward {{ type filter hook forward priority 0; policy accept; ct state new jump cluster-ips-check; }}
+  chain filter-output {{ type filter hook output priority 0; policy accept; ct state new jump cluster-ips-check; }}
+}}"
+    )
 }
 
 fn zone(who: &str) -> String {
@@ -160,6 +190,10 @@ impl Lab {
         for (v6, vip, target) in
             [(false, CLUSTER_IP, KUBE_DNS.to_string()), (true, CLUSTER_IP6, format!("[{KUBE_DNS6}]"))]
         {
+            if kube_proxy == KubeProxy::Nftables {
+                ns_ok(&node, &format!("nft -f - <<'EOF'\n{}\nEOF", kube_proxy_nftables(v6, vip, &target)));
+                continue;
+            }
             let t = kube_proxy.tool(v6);
             let mut cmd = format!(
                 "{t} -t nat -N KUBE-SERVICES && {t} -t nat -A PREROUTING -j KUBE-SERVICES && {t} -t nat -A OUTPUT -j KUBE-SERVICES"
