@@ -196,5 +196,51 @@ fn an_unusable_handover_socket_path_gives_a_serving_daemon_and_a_warning_naming_
             "what is at the path is left alone"
         );
     }
+}
+
+/// Issue 15: a new process whose upstream does not answer takes nothing from the running one
+/// (no sockets, no admin port; the old one keeps answering uncached names), and if the running
+/// one goes away first, the waiting one takes over at once rather than leave the address dark.
+#[test]
+fn a_new_process_takes_over_only_once_an_upstream_answers() {
+    let up = FakeUpstream::start();
+    for n in ["first.example", "uncached.example"] {
+        up.answer(n, RecordType::A, &["192.0.2.1"], 300);
+        up.answer(n, RecordType::AAAA, &["2001:db8::1"], 300);
+    }
+    let dir = std::env::temp_dir().join(format!("nodedns-gate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let handover = dir.join("handover.sock");
+    let dns = free_addr();
+    let mut old = Daemon::spawn_at(&config(up.addr(), handover.to_str().unwrap(), 3600), dns, free_addr(), &[]);
+    old.wait_ready(Duration::from_secs(10));
+    assert!(query_udp(dns, "first.example", RecordType::A, Duration::from_secs(3)).is_ok());
+
+    // Nothing listens on the new version's upstream.
+    let dead = free_addr();
+    let new = Daemon::spawn_at(&config(dead, handover.to_str().unwrap(), 3600), dns, free_addr(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !new.log().contains("another nodedns serves this node") {
+        assert!(Instant::now() < deadline, "the new process did not wait: {}", new.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(new.try_get("/ready").is_none(), "the waiting process bound the admin port");
+    assert!(!new.log().contains("received DNS sockets"), "{}", new.log());
+    let r = query_udp(dns, "uncached.example", RecordType::A, Duration::from_secs(3)).expect("answered");
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(up.query_count("uncached.example", RecordType::A), 1, "answered by the old process");
+    assert!(old.get("/ready").0 == 200);
+
+    // The running process goes away (deleted, crashed): the waiting one serves at once.
+    assert_eq!(old.stop(), Some(0));
+    let gone = Instant::now();
+    while new.try_get("/health").is_none_or(|(c, _)| c != 200) {
+        assert!(gone.elapsed() < Duration::from_secs(5), "no takeover after the old process left: {}", new.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("waiting process serving {:?} after the running one exited", gone.elapsed());
+    assert!(new.log().contains("went away before an upstream answered"), "{}", new.log());
+    assert_eq!(new.get("/ready").0, 503, "still no upstream: alive, serving, not ready");
     let _ = std::fs::remove_dir_all(&dir);
 }
