@@ -228,6 +228,35 @@ fn daemonset_pods_roll_out_gated_by_their_own_probes() {
     assert_eq!(report2.total().servfail, 0);
     assert!(new.logs().contains("nodedns serving"));
 
+    // Control: the same broken version with the probes the DaemonSet had before (httpGet on the
+    // shared 127.0.0.1:9253) is reported Ready — answered by the serving pod's process. This is
+    // what the exec probes on the pod's own socket prevent.
+    let mut http_probes = objects.clone();
+    for o in http_probes.iter_mut().filter(|o| o["kind"].as_str() == Some("DaemonSet")) {
+        let c = &mut o["spec"]["template"]["spec"]["containers"][0];
+        for (probe, path) in [("readinessProbe", "/ready"), ("livenessProbe", "/health")] {
+            let p = c[probe].as_mapping_mut().unwrap();
+            p.remove("exec");
+            let get = serde_yaml::from_str(&format!("{{host: 127.0.0.1, port: 9253, path: {path}}}")).unwrap();
+            p.insert("httpGet".into(), get);
+        }
+    }
+    let control_spec = pod_from_daemonset(
+        &http_probes,
+        &format!("nodedns-{tag}-4"),
+        &image,
+        HOST_IP,
+        Some(("nodedns-unreachable-upstream", &to_dead)),
+    );
+    let mut control = Pod::start(control_spec, &lab.node, &lab.dir);
+    let fooled = control.wait_ready(Duration::from_secs(12));
+    let control_status = readiness_summary(&control);
+    control.delete();
+    eprintln!("control (broken version, httpGet probes on the shared port): Ready after {fooled:?}; {control_status}");
+    assert!(fooled.is_some(), "httpGet probes on the shared port were expected to be fooled: {control_status}");
+    assert!(!control.final_logs.contains("received DNS sockets"), "the control took the sockets");
+    assert_eq!(lab.pod_getent(&format!("after-control-{tag}.wild")), ["10.1.0.1"]);
+
     // Deleting the last pod removes the node setup (SIGTERM teardown).
     let last_stop = new.delete();
     kubelet::remove_config_volumes(&[&config_volume, &broken_config_volume]);
