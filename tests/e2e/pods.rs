@@ -30,6 +30,9 @@ use nodedns_e2e::load::{LoadReport, run_load};
 
 const QPS: u64 = 5000;
 
+/// The tests share the node's hostPaths (/run/nodedns) and the lab's names: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -114,6 +117,7 @@ fn memory(pod: &Pod) -> String {
 
 #[test]
 fn daemonset_pods_roll_out_gated_by_their_own_probes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (kubectl, image) = match setup() {
         Ok(s) => s,
         Err(why) => {
@@ -263,4 +267,111 @@ fn daemonset_pods_roll_out_gated_by_their_own_probes() {
     let link = lab::ns_sh(&lab.node, "ip link show nodelocaldns");
     eprintln!("last pod stopped in {last_stop:?}");
     assert!(!link.status.success(), "the interface outlived the last pod");
+}
+
+/// The 60 s unique-name flood (tests/e2e/resilience.rs) against the pod in the runtime, with the
+/// shipped config (64 MiB cache, 10,000 in flight): the container's peak memory (cgroup v1
+/// `memory.max_usage_in_bytes`) stays under the limit the runtime enforces, no OOM kill or
+/// restart. Also reported: how often a name pods keep asking for was not answered from cache.
+#[test]
+fn a_unique_name_flood_against_the_pod_stays_under_its_memory_limit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (kubectl, image) = match setup() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let secs: u64 = std::env::var("NODEDNS_POD_FLOOD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let lab = Lab::new();
+    let objects = render(&kubectl, &root().join("deploy"));
+    let spec = pod_from_daemonset(&objects, &format!("nodedns-{}-flood", std::process::id()), &image, HOST_IP, None);
+    let config_volume = spec.config_volume.clone();
+    let mut pod = Pod::start(spec, &lab.node, &lab.dir);
+    assert!(pod.wait_ready(Duration::from_secs(60)).is_some(), "not ready: {}", pod.logs());
+    assert_eq!(lab.pod_getent("svc7"), ["10.0.0.8"]);
+    // A name pods keep asking for (the cache keeps what is asked again; one-hit flood names go first).
+    for _ in 0..5 {
+        assert_eq!(lab.pod_dig("svc7.default.svc.cluster.local").1, ["10.0.0.8"]);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let socket = lab.pod_socket();
+        let stop = stop.clone();
+        let dns: std::net::SocketAddr = format!("{LINK_LOCAL}:53").parse().unwrap();
+        std::thread::spawn(move || {
+            socket.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            let (mut sent, mut received) = (0u64, 0u64);
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                // At most 2,000 outstanding, as in the resilience flood.
+                while sent - received < 2000 {
+                    let mut q = hickory_proto::op::Message::new(
+                        sent as u16,
+                        hickory_proto::op::MessageType::Query,
+                        hickory_proto::op::OpCode::Query,
+                    );
+                    let name = format!("f{sent}.wild.default.svc.cluster.local.");
+                    q.add_query(hickory_proto::op::Query::query(
+                        hickory_proto::rr::Name::from_ascii(&name).unwrap(),
+                        hickory_proto::rr::RecordType::A,
+                    ));
+                    let _ = socket.send_to(&q.to_vec().unwrap(), dns);
+                    sent += 1;
+                }
+                match socket.recv(&mut buf) {
+                    Ok(_) => received += 1,
+                    Err(_) => received = received.max(sent.saturating_sub(1000)),
+                }
+            }
+            (sent, received)
+        })
+    };
+    let start = Instant::now();
+    let mut failures = 0;
+    let mut checks = 0;
+    while start.elapsed() < Duration::from_secs(secs) {
+        checks += 1;
+        let (status, addrs) = lab.pod_dig("svc7.default.svc.cluster.local");
+        if addrs != ["10.0.0.8"] {
+            failures += 1;
+            eprintln!("cached name during the flood at {:?}: {status} {addrs:?}", start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent, received) = flood.join().unwrap();
+    let metrics = lab.node_get(&format!("{HOST_IP}:9253"), "/metrics").map(|(_, b)| b).unwrap_or_default();
+    let entries = nodedns_e2e::metric_sum(&metrics, "nodedns_cache_entries", &[]);
+    let cache_bytes = nodedns_e2e::metric_sum(&metrics, "nodedns_cache_bytes", &[]);
+    let evictions = nodedns_e2e::metric_sum(&metrics, "nodedns_cache_evictions_total", &[]);
+    let shed = nodedns_e2e::metric_sum(&metrics, "nodedns_shed_total", &[]);
+    let (peak, limit) = pod.memory_peak_and_limit().expect("the container's memory cgroup");
+    let restarts = {
+        let mut c = kubelet::podman(None);
+        c.args(["inspect", "--format", "{{.RestartCount}} {{.State.OOMKilled}}", &pod.container]);
+        String::from_utf8_lossy(&c.output().unwrap().stdout).trim().to_owned()
+    };
+    // The documented bound with the shipped config (README, "Bounds").
+    let bound = (64u64 << 20) + (24 << 20) + 10_000 * 12 * 1024;
+    eprintln!(
+        "pod flood: {sent} unique names in {secs} s ({received} answers, {shed} shed); cache {entries} entries, \
+         {} MiB, {evictions} evictions; \
+         container peak {} MiB of a {} MiB limit (documented bound {} MiB); restarts/OOM-killed: {restarts}; \
+         lookups of a name asked 4 times a second {checks}, not answered from cache {failures}",
+        cache_bytes as u64 >> 20,
+        peak >> 20,
+        limit >> 20,
+        bound >> 20
+    );
+    assert_eq!(limit, 256 << 20, "the runtime enforces the manifest's limit");
+    assert!(peak < bound, "peak {peak} above the documented bound {bound}");
+    assert_eq!(restarts, "0 false", "the container was restarted or OOM-killed");
+    // Not asserted (reported): under this flood a name asked 4 times a second is evicted and its
+    // misses are shed (REFUSED) part of the time, a cache question outside this test's subject.
+    let _ = failures;
+    pod.delete();
+    kubelet::remove_config_volumes(&[&config_volume]);
 }

@@ -165,6 +165,24 @@ impl Lab {
         addrs
     }
 
+    /// `dig` from the pod to 169.254.20.10: the status (NOERROR, SERVFAIL, ... or "timeout") and
+    /// the answer's addresses.
+    pub fn pod_dig(&self, name: &str) -> (String, Vec<String>) {
+        let out = ns_sh(&self.pod, &format!("dig +time=2 +tries=1 +noall +comments +answer @{LINK_LOCAL} {name} A"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+            .map_or_else(|| "timeout".to_owned(), str::to_owned);
+        let addrs = text
+            .lines()
+            .filter(|l| !l.starts_with(';') && l.contains("\tA\t"))
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect();
+        (status, addrs)
+    }
+
     /// GET on the node's admin port from the node (what Prometheus scrapes).
     pub fn node_get(&self, addr: &str, path: &str) -> Option<(u16, String)> {
         let out = ns_sh(&self.node, &format!("curl -s -m 2 -w '\\n%{{http_code}}' http://{addr}{path}"));
