@@ -369,8 +369,10 @@ fn a_unique_name_flood_against_the_pod_stays_under_its_memory_limit() {
     assert_eq!(limit, 256 << 20, "the runtime enforces the manifest's limit");
     assert!(peak < bound, "peak {peak} above the documented bound {bound}");
     assert_eq!(restarts, "0 false", "the container was restarted or OOM-killed");
-    // Not asserted (reported): under this flood a name asked 4 times a second is evicted and its
-    // misses are shed (REFUSED) part of the time, a cache question outside this test's subject.
+    // Not asserted (reported): under this flood a name asked 4 times a second is REFUSED part of
+    // the time with no eviction at all. Likely cause (for the daemon, not this test): its A+AAAA
+    // pair expires with the 5 s NODATA of its AAAA, an expired entry is not a hit, and a miss is
+    // shed (REFUSED) when the miss queue or max_inflight is full, before serve-stale is considered.
     let _ = failures;
     pod.delete();
     kubelet::remove_config_volumes(&[&config_volume]);
