@@ -414,3 +414,38 @@ fn a_storm_of_unique_names_never_kills_the_upstream() {
     // limits (its stats above say how many it dropped as `exceeded`). The issue expected it to
     // kill the upstream; the closing note says what it did here.
 }
+
+/// Row 6: one client's flood of new names, past `limits.max_inflight`, must not cost other pods
+/// the names they had: a cached name that has just expired is answered from stale data
+/// (RFC 8767), never REFUSED, while the flood's own excess is.
+#[test]
+fn a_flood_of_new_names_never_costs_a_hot_name_its_stale_answer() {
+    let up = coredns(0);
+    up.answer("hot.example.com", RecordType::A, &["192.0.2.7"], 1);
+    up.answer("hot.example.com", RecordType::AAAA, &["2001:db8::7"], 1);
+    let d = Daemon::start(
+        &shipped_shape(&[up.addr()], "limits:\n  max_inflight: 20\n")
+            .replace("  min_ttl_secs: 5\n", "  min_ttl_secs: 1\n  stale_answer_timeout_ms: 300\n"),
+    );
+    assert_eq!(a_addresses(&query_udp(d.dns, "hot.example.com", RecordType::A, T).unwrap()), ["192.0.2.7"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    // The upstream is slow now: the flood's queries pile up past max_inflight.
+    up.set_default_behaviour(Behaviour::Delay(Duration::from_secs(2)));
+    let socket = client_socket();
+    for i in 0..200u16 {
+        send_query(&socket, d.dns, i, &format!("flood{i}.example.net."));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut stale = 0;
+    for _ in 0..10 {
+        let r = query_udp(d.dns, "hot.example.com", RecordType::A, T).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError, "the hot name was shed");
+        assert_eq!(a_addresses(&r), ["192.0.2.7"]);
+        stale += (r.answers[0].ttl == 30) as usize;
+    }
+    let shed = metric_sum(&d.metrics(), "nodedns_shed_total", &["reason=\"inflight\""]);
+    println!(
+        "row flood-vs-hot-name: 200 new names past max_inflight 20 (shed {shed}); hot name 10/10 answered, {stale} stale"
+    );
+    assert!(shed > 0.0, "the flood never reached the bound");
+}

@@ -338,6 +338,26 @@ impl Engine {
         hit
     }
 
+    /// A stale (expired, within `max_stale_secs`) answer for a query that cannot wait for an
+    /// upstream because a bound is reached (the miss queue is full): serve-stale wins over
+    /// shedding, so a flood of new names from one client never costs the names others had.
+    pub fn answer_stale(
+        &self,
+        query: &Query<'_>,
+        transport: Transport,
+        out: &mut [u8],
+        now: Timestamp,
+    ) -> Option<usize> {
+        let mut name_buf = [0u8; MAX_NAME_LEN];
+        let (key, member) = query.cache_key(&mut name_buf);
+        self.cache
+            .lookup(&key, member, now, |view| match view.freshness {
+                Freshness::Stale { .. } if !view.is_failure() => render_cached(query, view, transport, out),
+                _ => None,
+            })
+            .flatten()
+    }
+
     /// Whether sampled query logging is on (checked before any work on the hit path).
     #[inline]
     pub fn query_log_on(&self) -> bool {
@@ -393,7 +413,9 @@ impl Engine {
             if self.shed_warn.allow() {
                 warn!(limit = self.max_inflight, "shedding queries: too many waiting for upstream answers");
             }
-            Decision::Rcode(Rcode::Refused)
+            // One client's flood of new names must not cost other pods the names they had: stale
+            // data still answers (RFC 8767), only a query with nothing cached is refused.
+            Decision::StaleOrRefused
         } else {
             self.waiting.fetch_add(1, Relaxed);
             self.metrics.inflight.inc();

@@ -245,8 +245,14 @@ fn handle_datagram(
         at,
     };
     if misses.try_send(job).is_err() {
-        // The miss queue is full: shed rather than queue without bound.
+        // The miss queue is full: shed rather than queue without bound — but stale data still
+        // answers (serve-stale wins over shedding), only a query with nothing cached is refused.
         engine.metrics.shed(ShedReason::Inflight);
+        if let Some(len) = engine.answer_stale(&query, transport, out, from.now) {
+            engine.metrics.response(at, response_rcode_label(&out[..len]));
+            engine.metrics.answered(at, CacheResult::Stale, query.qtype, &out[..len], 0.0);
+            return Some(Reply { len, cache_hit_qtype: None });
+        }
         let len = render_rcode(&query, Rcode::Refused, out)?;
         engine.metrics.response(at, "REFUSED");
         return Some(Reply { len, cache_hit_qtype: None });
