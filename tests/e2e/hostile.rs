@@ -546,15 +546,7 @@ fn per_client_connection_cap_closes_the_oldest_idle_connection_and_refuses_only_
     let took = started.elapsed();
     assert_eq!(answer[3] & 0x0f, 0);
     eprintln!("new connection at the per-client cap answered in {took:?}");
-    assert!(wait_closed(&mut held[1], Duration::from_secs(1)).is_some(), "the oldest idle connection is closed");
-    let still_open = held
-        .iter_mut()
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .map(|(_, c)| wait_closed(c, Duration::from_millis(50)))
-        .filter(Option::is_none)
-        .count();
-    assert_eq!(still_open, 19, "only one connection is closed for the new one");
+    assert_only_closed(&mut held, 1);
     // The busy one was kept with its partial frame: finishing it gets its answer.
     held[0].write_all(&frame(&good)[1..]).unwrap();
     let r = read_frame(&mut held[0], T).expect("the partial frame's query is answered");
@@ -603,15 +595,7 @@ fn global_connection_cap_closes_the_oldest_idle_connection_for_a_new_client() {
     newer.write_all(&frame(&good)).unwrap();
     let answer = read_frame(&mut newer, Duration::from_secs(2)).expect("a new client is answered at the global cap");
     assert_eq!(answer[3] & 0x0f, 0);
-    assert!(wait_closed(&mut held[1], Duration::from_secs(1)).is_some(), "the oldest idle connection is closed");
-    let still_open = held
-        .iter_mut()
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .map(|(_, c)| wait_closed(c, Duration::from_millis(50)))
-        .filter(Option::is_none)
-        .count();
-    assert_eq!(still_open, 9, "only one connection is closed for the new one");
+    assert_only_closed(&mut held, 1);
     assert_eq!(shed(&d, "tcp_idle_evicted"), 1.0);
     assert_eq!(shed(&d, "tcp_connections"), 0.0);
 }
@@ -692,4 +676,18 @@ fn the_daemon_runs_without_capabilities_once_serving() {
         assert_eq!(field("NoNewPrivs:"), "1");
     }
     assert!(d.log().contains("capabilities dropped"), "{}", d.log());
+}
+
+/// Asserts that of `held`, connection `closed` (the oldest idle one) was closed for a newer one,
+/// and every other one is still open.
+fn assert_only_closed(held: &mut [TcpStream], closed: usize) {
+    assert!(wait_closed(&mut held[closed], Duration::from_secs(1)).is_some(), "the oldest idle connection is closed");
+    let still_open = held
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| *i != closed)
+        .map(|(_, c)| wait_closed(c, Duration::from_millis(50)))
+        .filter(Option::is_none)
+        .count();
+    assert_eq!(still_open, held.len() - 1, "only one connection is closed for the new one");
 }

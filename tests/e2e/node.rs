@@ -498,9 +498,9 @@ fn setup_failures_are_counted_by_kind_and_serving_continues() {
 
 /// A directory of stand-ins for every firewall tool nodedns may run (`nft`, and `iptables` /
 /// `ip6tables` with their `-save` / `-restore` forms, unsuffixed, `-nft` and `-legacy`), each
-/// failing as a missing or broken tool would. Put first in the daemon's PATH; removing the
+/// failing as a missing or broken tool would, and the daemon's PATH with it first; removing the
 /// directory brings the real tools back.
-fn failing_firewall_tools(lab: &Lab) -> std::path::PathBuf {
+fn failing_firewall_tools(lab: &Lab) -> (std::path::PathBuf, String) {
     use std::os::unix::fs::PermissionsExt;
     let dir = lab.dir.join("failing-tools");
     std::fs::create_dir_all(&dir).unwrap();
@@ -517,7 +517,12 @@ fn failing_firewall_tools(lab: &Lab) -> std::path::PathBuf {
         std::fs::write(&path, "#!/bin/sh\necho 'tool unavailable (test stand-in)' >&2\nexit 1\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    dir
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+    );
+    (dir, path)
 }
 
 #[test]
@@ -526,12 +531,7 @@ fn without_working_firewall_tools_the_node_is_served_and_the_rules_follow_when_t
     // the image, failing, the xtables lock held): DNS on the node address anyway, the failure
     // counted and retried at every resync (1 s here), the rules in as soon as the tools work.
     let Some(lab) = lab(KubeProxy::IptablesNft) else { return };
-    let tools = failing_firewall_tools(&lab);
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-    );
+    let (tools, path) = failing_firewall_tools(&lab);
     let started = Instant::now();
     let mut d = NodeDaemon::spawn(&lab, &NodeConfig::new("auto", &[LINK_LOCAL]), &[], &[("PATH", path)]);
     // dig's shortest timeout is 1 s: ask once the daemon says it serves, not before.
@@ -622,12 +622,7 @@ fn with_a_failing_nft_the_node_is_served_and_the_table_and_host_lease_follow_whe
     // ClusterIP goes to kube-dns through kube-proxy meanwhile (nothing NOTRACKs it), and once
     // `nft` works the table is in within a resync and the host-client lease starts with it.
     let Some(lab) = lab(KubeProxy::IptablesNft) else { return };
-    let tools = failing_firewall_tools(&lab);
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-    );
+    let (tools, path) = failing_firewall_tools(&lab);
     let started = Instant::now();
     let d = NodeDaemon::spawn(&lab, &NodeConfig::new("nftables", &[LINK_LOCAL, CLUSTER_IP]), &[], &[("PATH", path)]);
     let first = time_until(Duration::from_secs(2), || {
