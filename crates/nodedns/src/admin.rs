@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
 use crate::engine::Engine;
+use crate::readiness::{Phase, Readiness};
 use crate::server::udp::WorkerControl;
 
 /// A worker that has not looped for this long is stuck (it wakes every 200 ms when idle).
@@ -30,35 +31,35 @@ pub struct AdminState {
     /// Set once the UDP workers run (admin starts before them, to answer probes while waiting).
     pub workers: OnceLock<Arc<WorkerControl>>,
     /// Where `/health` sends its query.
-    pub dns_target: SocketAddr,
-    /// Listeners are bound and serving.
-    pub serving: AtomicBool,
-    /// Another nodedns serves this node and this process waits for an upstream answer before
-    /// taking over its sockets (issue 15): alive (not restarted) but not ready.
-    pub waiting_for_takeover: AtomicBool,
+    pub dns_target: OnceLock<SocketAddr>,
+    /// The process's phase and the upstream latch, owned by the app.
+    pub readiness: Arc<Readiness>,
     /// Enables `/debug/stall` (tests only: `NODEDNS_TEST_HOOKS=1`).
     pub test_hooks: bool,
 }
 
 impl AdminState {
     pub fn ready(&self) -> bool {
-        self.serving.load(Relaxed) && self.engine.upstream_answered.load(Relaxed)
+        self.readiness.ready()
     }
 
     /// Healthy iff a real query to our own DNS socket is answered in time and every worker is
     /// looping. A stuck worker or a full, unread socket fails this (node-cache's check did not).
     pub fn healthy(&self) -> Result<(), String> {
-        if self.waiting_for_takeover.load(Relaxed) {
+        if self.readiness.phase() == Phase::WaitingForTakeover {
             return Ok(());
         }
-        let (true, Some(workers)) = (self.serving.load(Relaxed), self.workers.get()) else {
+        let (Phase::Serving | Phase::Draining, Some(workers)) = (self.readiness.phase(), self.workers.get()) else {
             return Err("not serving yet".into());
         };
         let age = workers.max_heartbeat_age();
         if age > MAX_HEARTBEAT_AGE {
             return Err(format!("a UDP worker has not run for {} ms", age.as_millis()));
         }
-        self_query(self.dns_target)
+        let Some(target) = self.dns_target.get() else {
+            return Err("not serving yet".into());
+        };
+        self_query(*target)
     }
 }
 
@@ -127,12 +128,12 @@ async fn handle(
         (&Method::GET, "/ready") => {
             if state.ready() {
                 text(StatusCode::OK, "ready\n")
-            } else if state.waiting_for_takeover.load(Relaxed) {
+            } else if state.readiness.phase() == Phase::WaitingForTakeover {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: another nodedns serves this node; taking over once an upstream answers\n",
                 )
-            } else if !state.serving.load(Relaxed) {
+            } else if state.readiness.phase() != Phase::Serving {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: listeners not serving\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no upstream has answered yet\n")
@@ -177,9 +178,14 @@ fn listener_closed(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::InvalidInput
 }
 
-/// Serves admin HTTP on the given listeners, on a dedicated thread, until the process exits
-/// (a TCP listener also until it is shut down).
-pub fn spawn(listeners: Vec<AdminListener>, state: Arc<AdminState>) -> std::io::Result<()> {
+/// Serves admin HTTP on the given listeners, on a dedicated thread (a stalled serving runtime
+/// must not stall the probes that detect it), until `stop` turns true (a TCP listener also
+/// until it is shut down). The thread ends then: join it to know admin is gone.
+pub fn spawn(
+    listeners: Vec<AdminListener>,
+    state: Arc<AdminState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("nodedns-admin".into()).spawn(move || {
         rt.block_on(async move {
@@ -231,10 +237,10 @@ pub fn spawn(listeners: Vec<AdminListener>, state: Arc<AdminState>) -> std::io::
                     }
                 }
             }
-            for t in tasks {
-                let _ = t.await;
+            let _ = stop.wait_for(|s| *s).await;
+            for t in &tasks {
+                t.abort();
             }
         });
-    })?;
-    Ok(())
+    })
 }

@@ -17,7 +17,7 @@ use nodedns_cache::{
     LowerName, MAX_NAME_LEN, Member, PairMember, Timestamp, TtlPolicy,
 };
 use nodedns_upstream::{EndpointRegistry, PoolConfig, UpstreamError, UpstreamPool};
-use nodedns_wire::{Parsed, Query, Rcode, Transport, UpstreamQuestion, parse_query, render_cached, render_rcode};
+use nodedns_wire::{OwnedQuery, Query, Rcode, Transport, UpstreamQuestion, render_cached, render_rcode};
 
 use crate::config::{Config, Limits, ZoneConfig};
 use crate::dnstap::Dnstap;
@@ -404,10 +404,9 @@ impl Engine {
     /// The miss path for one client query (owned packet). Everything it does for the query —
     /// the schema rule's SOA fetch, every upstream attempt, the pair wait — fits one deadline,
     /// the zone's `query_budget_ms` from now (issue #13: glibc gives up after 5 s).
-    pub async fn answer_miss(self: &Arc<Self>, packet: &[u8], transport: Transport) -> Option<MissAnswer> {
-        let Parsed::Query(query) = parse_query(packet) else {
-            return None;
-        };
+    pub async fn answer_miss(self: &Arc<Self>, miss: &OwnedQuery, transport: Transport) -> Option<MissAnswer> {
+        let query = miss.query();
+        let (key, member) = miss.cache_key();
         let decision = if self.waiting.load(Relaxed) >= self.max_inflight {
             self.metrics.shed(ShedReason::Inflight);
             if self.shed_warn.allow() {
@@ -419,14 +418,14 @@ impl Engine {
         } else {
             self.waiting.fetch_add(1, Relaxed);
             self.metrics.inflight.inc();
-            let d = self.decide(&query, Instant::now()).await;
+            let d = self.decide(&query, &key, member, Instant::now()).await;
             self.metrics.inflight.dec();
             self.waiting.fetch_sub(1, Relaxed);
             d
         };
         SCRATCH.with(|scratch| {
             let mut out = scratch.borrow_mut();
-            let (len, result) = self.render_decision(&query, decision, transport, &mut out)?;
+            let (len, result) = self.render_decision(&query, (&key, member), decision, transport, &mut out)?;
             Some(MissAnswer { bytes: out[..len].to_vec(), result })
         })
     }
@@ -434,12 +433,11 @@ impl Engine {
     fn render_decision(
         &self,
         query: &Query<'_>,
+        (key, member): (&CacheKey<'_>, Member),
         decision: Decision,
         transport: Transport,
         out: &mut [u8],
     ) -> Option<(usize, CacheResult)> {
-        let mut name_buf = [0u8; MAX_NAME_LEN];
-        let (key, member) = query.cache_key(&mut name_buf);
         let miss = |len| (len, CacheResult::Miss);
         match decision {
             Decision::Rcode(rcode) => render_rcode(query, rcode, out).map(miss),
@@ -451,7 +449,7 @@ impl Engine {
                 let now = self.now();
                 let from_cache = self
                     .cache
-                    .lookup(&key, member, now, |view| {
+                    .lookup(key, member, now, |view| {
                         let result = match view.freshness {
                             Freshness::Fresh { .. } => CacheResult::Hit,
                             Freshness::Stale { .. } => CacheResult::Stale,
@@ -488,13 +486,16 @@ impl Engine {
     }
 
     /// Decides how to answer a miss, waiting for upstream if needed, by the query's deadline.
-    async fn decide(self: &Arc<Self>, query: &Query<'_>, received: Instant) -> Decision {
-        let mut name_buf = [0u8; MAX_NAME_LEN];
-        let (key, member) = query.cache_key(&mut name_buf);
-
+    async fn decide(
+        self: &Arc<Self>,
+        query: &Query<'_>,
+        key: &CacheKey<'_>,
+        member: Member,
+        received: Instant,
+    ) -> Decision {
         // Filled while this query waited in a queue?
         let now = self.now();
-        let freshness = self.cache.lookup(&key, member, now, |view| view.freshness);
+        let freshness = self.cache.lookup(key, member, now, |view| view.freshness);
         let has_stale = match freshness {
             Some(Freshness::Fresh { .. }) => return Decision::Cached,
             // A failed refresh of this stale entry is backing off (RFC 9520 §3.2): answer stale
@@ -526,7 +527,7 @@ impl Engine {
         }
         // (No SOA learned yet, e.g. upstream down: ask upstream like any other name.)
 
-        let Some(mut rx) = self.join_or_fetch(&zone, &key, Some(member)) else {
+        let Some(mut rx) = self.join_or_fetch(&zone, key, Some(member)) else {
             // Filled by a fetch that ended between the lookup above and now.
             return Decision::Cached;
         };
@@ -556,15 +557,11 @@ impl Engine {
 
     /// Starts a refresh of a popular entry before it expires (prefetch). Coalesced with any
     /// fetch of the same key already running.
-    pub fn prefetch(self: &Arc<Self>, packet: &[u8]) {
+    pub fn prefetch(self: &Arc<Self>, query: &OwnedQuery) {
         if !self.prefetch_enabled() {
             return;
         }
-        let Parsed::Query(query) = parse_query(packet) else {
-            return;
-        };
-        let mut name_buf = [0u8; MAX_NAME_LEN];
-        let (key, _) = query.cache_key(&mut name_buf);
+        let (key, _) = query.cache_key();
         let Some(qname) = name_from_wire(key.name.as_wire()) else {
             return;
         };

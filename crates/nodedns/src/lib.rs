@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admin_socket;
+pub mod app;
 pub mod config;
 pub mod daemon;
 pub mod discover;
@@ -21,6 +22,7 @@ pub mod node_setup;
 pub mod privileges;
 pub mod probe;
 pub mod ratelimit;
+pub mod readiness;
 pub mod reload;
 pub mod rlimit;
 pub mod schema;

@@ -130,10 +130,13 @@ fn main() -> ExitCode {
                 cfg.admin.listen = addrs;
             }
             nodedns::logging::init(&cfg.log);
-            match nodedns::daemon::run(
-                cfg,
-                nodedns::daemon::RunOptions { config_path: config, started: process_started, admin_socket },
-            ) {
+            let opts = nodedns::daemon::RunOptions {
+                config_path: config,
+                started: process_started,
+                admin_socket,
+                admin_listen_from_cli: !admin_listen.is_empty(),
+            };
+            match run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "nodedns failed");
@@ -178,5 +181,47 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `nodedns run`: prepares the app, drops privileges, serves until SIGTERM or SIGINT.
+fn run(config: Config, opts: nodedns::daemon::RunOptions) -> Result<(), nodedns::daemon::RunError> {
+    let rt = nodedns::daemon::runtime(&config)?;
+    rt.block_on(async {
+        let mut shutdown = std::pin::pin!(shutdown_signal());
+        let Some(prepared) = nodedns::daemon::prepare(config, opts, &mut shutdown).await? else {
+            return Ok(());
+        };
+        drop_privileges(prepared.keep_capabilities);
+        prepared.app.serve(prepared.sockets, shutdown).await
+    })
+}
+
+/// Keeps only `keep` of the process's capabilities, in every thread. Here, outside the app, so
+/// that tests running the app in-process never drop their own.
+fn drop_privileges(keep: u64) {
+    match nodedns::privileges::keep_only(keep) {
+        Ok(d) => tracing::info!(
+            before = %format!("{:#x}", d.before),
+            kept = %format!("{:#x}", d.kept),
+            threads = d.threads,
+            bounding_reduced = d.bounding_reduced,
+            "capabilities dropped"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot drop capabilities"),
+    }
+}
+
+/// Resolves at SIGTERM (the kubelet stopping the pod) or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; running until killed");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }

@@ -123,19 +123,24 @@ impl SetupState {
 /// Starts node setup on its own thread: the first apply at once, then one every `interval`
 /// (see [`resync_loop`]); the netlink futures are not `Send`, and node setup must never compete
 /// with the DNS runtime anyway. The returned receiver fires when the first apply has finished
-/// (successfully or not): the start waits for it at most [`FIRST_APPLY_WAIT`].
+/// (successfully or not): the start waits for it at most [`FIRST_APPLY_WAIT`]. The returned
+/// future ends when the loop has stopped (after `stop`): the app's task list awaits it.
 pub fn spawn_resync(
     setup: Arc<NodeSetup>,
     interval: Duration,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
-) -> std::io::Result<oneshot::Receiver<()>> {
+) -> std::io::Result<(oneshot::Receiver<()>, impl std::future::Future<Output = ()> + Send + 'static)> {
     let (first_tx, first_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new()
-        .name("nodedns-resync".into())
-        .spawn(move || rt.block_on(resync_loop(setup, interval, metrics, stop, first_tx)))?;
-    Ok(first_rx)
+    std::thread::Builder::new().name("nodedns-resync".into()).spawn(move || {
+        rt.block_on(resync_loop(setup, interval, metrics, stop, first_tx));
+        let _ = done_tx.send(());
+    })?;
+    Ok((first_rx, async move {
+        let _ = done_rx.await;
+    }))
 }
 
 /// With the nftables backend, renews the host-client lease on a thread of its own (see

@@ -15,9 +15,8 @@
 //! compare-and-swap, so UDP workers never contend on a lock.
 
 use std::hash::BuildHasher;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Rows of the sketch: independent hashes of the client address.
@@ -110,56 +109,6 @@ impl ClientRateLimit {
 
 fn pack(now_ms: u64, milli_tokens: u64) -> u64 {
     (now_ms << TOKEN_BITS) | (milli_tokens & TOKEN_MASK)
-}
-
-/// The daemon's one limiter, shared by the UDP workers and the TCP listeners so a client's
-/// budget covers both. Installed once, by [`install`], from `limits.per_client_qps`.
-///
-/// This process-wide handle exists only because the engine does not own the limiter yet; once
-/// `Engine` has a `rate_limit` field (see the module's wiring notes in the report), both serving
-/// paths read it from there and this goes away.
-static INSTALLED: OnceLock<Option<Arc<ClientRateLimit>>> = OnceLock::new();
-
-/// Creates the process's limiter for `qps` (first call wins) and returns it.
-pub fn install(qps: u32) -> Option<Arc<ClientRateLimit>> {
-    INSTALLED.get_or_init(|| ClientRateLimit::new(qps).map(Arc::new)).clone()
-}
-
-/// The process's limiter, if one was installed and the limit is on.
-pub fn installed() -> Option<&'static ClientRateLimit> {
-    INSTALLED.get().and_then(|l| l.as_deref())
-}
-
-/// For the UDP hit path, which resolves the client address lazily (a hit needs it only for a
-/// prefetch): checks the installed limiter, resolving `peer` only when a limit is on, and hands
-/// back the address (resolved once) for later use. Returns `(over_limit, peer)`.
-pub fn check_lazy_peer<F>(peer: F) -> (bool, impl FnOnce() -> Option<SocketAddr>)
-where
-    F: FnOnce() -> Option<SocketAddr>,
-{
-    let mut lazy = Some(peer);
-    let mut known = None;
-    let mut over = false;
-    // `installed()` first: a tuple would evaluate `lazy.take()` even with no limiter installed,
-    // losing the peer.
-    if let Some(limit) = installed()
-        && let Some(resolve) = lazy.take()
-    {
-        let addr = resolve();
-        over = addr.is_some_and(|a| !limit.allow(a.ip()));
-        known = Some(addr);
-    }
-    let peer = move || match (known, lazy) {
-        (Some(addr), _) => addr,
-        (None, Some(resolve)) => resolve(),
-        (None, None) => None,
-    };
-    (over, peer)
-}
-
-/// Whether a query from `client` is over the installed limit (spends a token if not).
-pub fn over_limit(client: IpAddr) -> bool {
-    installed().is_some_and(|l| !l.allow(client))
 }
 
 #[cfg(test)]

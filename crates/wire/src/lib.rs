@@ -20,7 +20,7 @@ pub use ingest::{
     IngestError, Ingested, UpstreamQuestion, answers_question, build_query, ingest, ingest_decoded, name_from_wire,
     response_id,
 };
-pub use query::{Edns, Malformed, Parsed, Query, RejectedQuery, Rejection, parse_query};
+pub use query::{Edns, Malformed, OwnedQuery, Parsed, Query, RejectedQuery, Rejection, parse_query};
 pub use render::{
     ADVERTISED_UDP_PAYLOAD, MAX_MESSAGE, Rcode, Transport, render_any_hinfo, render_cached, render_rcode,
     render_rejection, render_truncated, response_rcode_label,

@@ -72,6 +72,83 @@ impl<'a> Query<'a> {
     }
 }
 
+impl Query<'_> {
+    /// This query detached from its receive buffer, for the miss path: the packet and the
+    /// lower-cased cache-key name in one allocation, with everything the parse found, so a task
+    /// on another thread neither parses the packet again nor rebuilds the key.
+    pub fn detach(&self) -> OwnedQuery {
+        let mut name_buf = [0u8; MAX_NAME_LEN];
+        let (key, _) = self.cache_key(&mut name_buf);
+        let name = key.name.as_wire();
+        let mut bytes = Vec::with_capacity(self.packet.len() + name.len());
+        bytes.extend_from_slice(self.packet);
+        bytes.extend_from_slice(name);
+        OwnedQuery {
+            bytes: bytes.into_boxed_slice(),
+            packet_len: self.packet.len(),
+            qname_end: self.qname_end,
+            id: self.id,
+            qtype: self.qtype,
+            qclass: self.qclass,
+            recursion_desired: self.recursion_desired,
+            authentic_data: self.authentic_data,
+            checking_disabled: self.checking_disabled,
+            edns: self.edns,
+        }
+    }
+}
+
+/// A parsed query that owns its bytes ([`Query::detach`]).
+#[derive(Clone, Debug)]
+pub struct OwnedQuery {
+    /// The packet as received, then the lower-cased question name.
+    bytes: Box<[u8]>,
+    packet_len: usize,
+    qname_end: usize,
+    id: u16,
+    qtype: u16,
+    qclass: u16,
+    recursion_desired: bool,
+    authentic_data: bool,
+    checking_disabled: bool,
+    edns: Option<Edns>,
+}
+
+impl OwnedQuery {
+    /// The query as parsed, borrowed from this value.
+    pub fn query(&self) -> Query<'_> {
+        Query {
+            packet: &self.bytes[..self.packet_len],
+            qname_end: self.qname_end,
+            id: self.id,
+            qtype: self.qtype,
+            qclass: self.qclass,
+            recursion_desired: self.recursion_desired,
+            authentic_data: self.authentic_data,
+            checking_disabled: self.checking_disabled,
+            edns: self.edns,
+        }
+    }
+
+    pub fn qtype(&self) -> u16 {
+        self.qtype
+    }
+
+    /// The packet as received.
+    pub fn packet(&self) -> &[u8] {
+        &self.bytes[..self.packet_len]
+    }
+
+    /// The cache key and member, as [`Query::cache_key`] computed them when detached.
+    pub fn cache_key(&self) -> (CacheKey<'_>, Member) {
+        // Lower-cased and checked by `detach`; the root name rather than a panic if that
+        // invariant is ever broken.
+        let name = LowerName::new(&self.bytes[self.packet_len..]).unwrap_or_else(|_| root_name());
+        let dnssec_ok = self.edns.is_some_and(|e| e.dnssec_ok);
+        CacheKey::for_query(name, self.qtype, self.qclass, dnssec_ok, self.checking_disabled)
+    }
+}
+
 fn root_name() -> LowerName<'static> {
     LowerName::new(b"\x00").unwrap_or_else(|_| unreachable!("the root name is valid"))
 }
@@ -355,6 +432,23 @@ pub(crate) mod tests {
         let (key, member) = q.cache_key(&mut buf);
         assert_eq!(key.name.as_wire(), b"\x03foo\x07example\x00");
         assert_eq!(member, Member::A);
+    }
+
+    #[test]
+    fn a_detached_query_keeps_the_parse_and_the_key() {
+        let p = query("Foo.Example", 28, Some((4096, 0, true)));
+        let Parsed::Query(q) = parse_query(&p) else { panic!() };
+        let owned = q.detach();
+        drop(q);
+        let again = owned.query();
+        assert_eq!(owned.packet(), &p[..]);
+        assert_eq!((again.id, again.qtype, again.qclass), (0x1234, 28, 1));
+        assert_eq!(again.qname_wire(), b"\x03Foo\x07Example\x00", "case kept for the answer");
+        assert_eq!(again.edns, Some(Edns { udp_payload: 4096, version: 0, dnssec_ok: true }));
+        let (key, member) = owned.cache_key();
+        assert_eq!(key.name.as_wire(), b"\x03foo\x07example\x00");
+        assert_eq!(member, Member::Aaaa);
+        assert!(key.dnssec_ok);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Listening sockets and the DNS serving loops.
 
 pub mod batch;
+pub mod front;
 pub mod tcp;
 pub mod udp;
 
@@ -108,13 +109,20 @@ impl Listeners {
         Ok(out)
     }
 
-    /// Binds every address: `workers` UDP sockets and one TCP listener each.
+    /// Binds every address: `workers` UDP sockets and one TCP listener each. Port 0 takes a
+    /// free port from the first UDP socket, and the address's other sockets join it (tests run
+    /// the app in-process on `127.0.0.1:0`).
     pub fn bind(addrs: &[SocketAddr], workers: usize) -> io::Result<Listeners> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
-        for &addr in addrs {
+        for &configured in addrs {
+            let mut addr = configured;
             for _ in 0..workers.max(1) {
-                udp.push((addr, bind_udp(addr).map_err(|e| with_addr(e, "udp", addr))?));
+                let s = bind_udp(addr).map_err(|e| with_addr(e, "udp", addr))?;
+                if addr.port() == 0 {
+                    addr = s.local_addr()?;
+                }
+                udp.push((addr, s));
             }
             tcp.push((addr, bind_tcp(addr).map_err(|e| with_addr(e, "tcp", addr))?));
         }

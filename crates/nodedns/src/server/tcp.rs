@@ -16,16 +16,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, warn};
 
+use nodedns_wire::MAX_MESSAGE;
 use nodedns_wire::framing::{Peer, frame_len};
-use nodedns_wire::{
-    MAX_MESSAGE, Parsed, Rcode, Transport, parse_query, render_any_hinfo, render_rcode, render_rejection,
-    response_rcode_label,
-};
 
+use super::front::{Arrival, FrontDoor, Verdict};
 use crate::config::Limits;
-use crate::engine::Engine;
 use crate::logging::RateLimitedWarn;
-use crate::metrics::{At, CacheResult, Proto, ShedReason};
+use crate::metrics::{Proto, ShedReason};
 
 /// Connection accounting shared by every TCP listener.
 pub struct TcpConnections {
@@ -134,8 +131,6 @@ impl Registry {
 
 impl TcpConnections {
     pub fn new(limits: Limits) -> Arc<Self> {
-        // The per-client rate limiter is shared with the UDP workers (see `ratelimit`).
-        crate::ratelimit::install(limits.per_client_qps);
         Arc::new(Self {
             registry: Mutex::new(Registry::default()),
             limits,
@@ -198,10 +193,11 @@ impl Drop for ConnGuard {
 /// Accepts connections until `stop` turns true.
 pub async fn run_listener(
     listener: TcpListener,
-    engine: Arc<Engine>,
+    front: Arc<FrontDoor>,
     conns: Arc<TcpConnections>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let engine = front.engine.clone();
     let listener_ix = listener.local_addr().map_or(0, |a| engine.metrics.listener(a));
     loop {
         let accepted = tokio::select! {
@@ -236,11 +232,11 @@ pub async fn run_listener(
         };
         let _ = stream.set_nodelay(true);
         let listener = listener_ix;
-        let engine = engine.clone();
+        let front = front.clone();
         let limits = conns.limits.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, listener, engine, limits, stop, &guard.state).await;
+            serve_connection(stream, peer, listener, front, limits, stop, &guard.state).await;
             drop(guard);
         });
     }
@@ -304,16 +300,19 @@ thread_local! {
     static RENDER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_MESSAGE]);
 }
 
-/// Renders with `render` into the thread's scratch and copies the result, length-prefixed, into
-/// `frame` (which keeps its capacity: no allocation per answer once a connection has answered).
-fn render_frame(frame: &mut Vec<u8>, render: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<usize> {
+/// Classifies with `classify` into the thread's scratch and, for an answer, copies it,
+/// length-prefixed, into `frame` (which keeps its capacity: no allocation per answer once a
+/// connection has answered).
+fn render_frame(frame: &mut Vec<u8>, classify: impl FnOnce(&mut [u8]) -> Verdict) -> Verdict {
     RENDER.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let len = render(&mut scratch[..])?;
-        frame.clear();
-        frame.extend_from_slice(&(len as u16).to_be_bytes());
-        frame.extend_from_slice(&scratch[..len]);
-        Some(len)
+        let verdict = classify(&mut scratch[..]);
+        if let Verdict::Answer { len, .. } = verdict {
+            frame.clear();
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+            frame.extend_from_slice(&scratch[..len]);
+        }
+        verdict
     })
 }
 
@@ -321,11 +320,12 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     listener: u16,
-    engine: Arc<Engine>,
+    front: Arc<FrontDoor>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
     state: &Arc<ConnState>,
 ) {
+    let engine = front.engine.clone();
     // dnstap: the listener's address for this connection's CLIENT_* messages (only when on).
     let local = engine.dnstap.as_ref().and_then(|_| stream.local_addr().ok());
     let (mut read, write) = stream.into_split();
@@ -362,58 +362,20 @@ async fn serve_connection(
         };
         let packet = &inbuf[..n];
         let received = Instant::now();
-        let over_limit = crate::ratelimit::over_limit(peer.ip());
-        let query = match parse_query(packet) {
-            Parsed::Query(q) => q,
-            Parsed::Reject(_) if over_limit => {
-                engine.metrics.shed(ShedReason::RateLimit);
-                continue;
-            }
-            Parsed::Reject(r) => {
-                let rendered = render_frame(&mut outbuf, |out| render_rejection(&r, out)).is_some();
-                engine.metrics.rejected(At::listener(listener), &r, rendered.then(|| &outbuf[2..]));
-                if rendered {
-                    if let Some(tap) = &engine.dnstap {
-                        tap_client(tap, peer, local, packet, Some(&outbuf[2..]), received);
-                    }
-                    if !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
-                        break;
-                    }
+        let arrival =
+            Arrival { proto: Proto::Tcp, listener, local, received, now: engine.timestamp(received), wall: None };
+        let verdict = render_frame(&mut outbuf, |out| front.classify(packet, || Some(peer), &arrival, out));
+        let miss = match verdict {
+            Verdict::Answer { hit, .. } => {
+                front.hits_answered(hit as usize, received);
+                if !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
+                    break;
                 }
                 continue;
             }
-            Parsed::Drop => {
-                engine.metrics.malformed("unparseable_header");
-                continue;
-            }
+            Verdict::Drop => continue,
+            Verdict::Miss(miss) => miss,
         };
-        let at = engine.metrics.at(listener, &query);
-        engine.metrics.request(at, Proto::Tcp, query.qtype);
-        let answered_here = if over_limit {
-            engine.metrics.shed(ShedReason::RateLimit);
-            render_frame(&mut outbuf, |out| render_rcode(&query, Rcode::Refused, out)).map(|_| false)
-        } else if query.qtype == nodedns_wire::query::TYPE_ANY {
-            render_frame(&mut outbuf, |out| render_any_hinfo(&query, out)).map(|_| false)
-        } else {
-            render_frame(&mut outbuf, |out| {
-                engine.answer_from_cache(&query, Transport::Tcp, out, engine.now()).map(|(l, _)| l)
-            })
-            .map(|_| true)
-        };
-        if let Some(hit) = answered_here {
-            engine.metrics.response(at, response_rcode_label(&outbuf[2..]));
-            if let Some(tap) = &engine.dnstap {
-                tap_client(tap, peer, local, packet, Some(&outbuf[2..]), received);
-            }
-            if hit {
-                let secs = received.elapsed().as_secs_f64();
-                engine.metrics.answered(at, CacheResult::Hit, query.qtype, &outbuf[2..], secs);
-            }
-            if !write_frame(&writer, &outbuf, limits.tcp_idle_timeout).await {
-                break;
-            }
-            continue;
-        }
         // A miss: answered when it completes, out of order. Reading pauses while the
         // connection has its maximum of queries in flight (backpressure, not buffering).
         let permit = match pipeline.clone().try_acquire_owned() {
@@ -426,28 +388,15 @@ async fn serve_connection(
                 }
             }
         };
-        let packet = packet.to_vec();
-        let qtype = query.qtype;
         let outstanding = Busy::new(state);
-        let engine = engine.clone();
+        let front = front.clone();
         let writer = writer.clone();
         let timeout = limits.tcp_idle_timeout;
         tokio::spawn(async move {
-            let answer = engine.answer_miss(&packet, Transport::Tcp).await;
-            if let Some(tap) = &engine.dnstap {
-                tap_client(tap, peer, local, &packet, answer.as_ref().map(|a| &a.bytes[..]), received);
-            }
-            if let Some(answer) = answer {
-                engine.metrics.response(at, response_rcode_label(&answer.bytes));
-                let secs = received.elapsed().as_secs_f64();
-                engine.metrics.answered(at, answer.result, qtype, &answer.bytes, secs);
-                if let Parsed::Query(q) = parse_query(&packet) {
-                    let result = answer.result.label();
-                    engine.sample_query_log(Some(peer), "tcp", &q, &answer.bytes, result, received.elapsed());
-                }
-                let mut frame = Vec::with_capacity(answer.bytes.len() + 2);
-                frame.extend_from_slice(&(answer.bytes.len() as u16).to_be_bytes());
-                frame.extend_from_slice(&answer.bytes);
+            if let Some(answer) = front.answer_miss(&miss).await {
+                let mut frame = Vec::with_capacity(answer.len() + 2);
+                frame.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+                frame.extend_from_slice(&answer);
                 write_frame(&writer, &frame, timeout).await;
             }
             drop(permit);
@@ -457,41 +406,21 @@ async fn serve_connection(
     // Answers still in flight hold the writer; the socket closes when the last one is sent.
 }
 
-/// One TCP client exchange to dnstap; the query's wall-clock time is derived from when it was
-/// read (`received`).
-fn tap_client(
-    tap: &crate::dnstap::Dnstap,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-    query: &[u8],
-    response: Option<&[u8]>,
-    received: Instant,
-) {
-    let now = std::time::SystemTime::now();
-    let asked = now.checked_sub(received.elapsed()).unwrap_or(now);
-    tap.client(Proto::Tcp, Some(peer), local, query, response, asked, now);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn conns(total: usize, per_client: usize) -> Arc<TcpConnections> {
-        // Built directly: `TcpConnections::new` also installs the process-wide rate limiter.
-        Arc::new(TcpConnections {
-            registry: Mutex::new(Registry::default()),
-            limits: Limits {
-                max_inflight: 10,
-                max_tcp_connections: total,
-                max_tcp_connections_per_client: per_client,
-                max_pipelined_per_connection: 8,
-                tcp_idle_timeout: Duration::from_secs(10),
-                max_udp_payload: 1232,
-                per_client_qps: 0,
-                max_upstream_inflight: 1000,
-                upstream_queue_wait: Duration::from_millis(100),
-            },
-            warn: RateLimitedWarn::new(Duration::from_secs(10)),
+        TcpConnections::new(Limits {
+            max_inflight: 10,
+            max_tcp_connections: total,
+            max_tcp_connections_per_client: per_client,
+            max_pipelined_per_connection: 8,
+            tcp_idle_timeout: Duration::from_secs(10),
+            max_udp_payload: 1232,
+            per_client_qps: 0,
+            max_upstream_inflight: 1000,
+            upstream_queue_wait: Duration::from_millis(100),
         })
     }
 
@@ -562,12 +491,13 @@ mod tests {
         )
         .expect("config");
         let metrics = crate::metrics::Metrics::new(false);
-        let engine = Engine::new(&config, metrics.clone());
+        let engine = crate::engine::Engine::new(&config, metrics.clone());
+        let (front, _prefetches) = FrontDoor::new(engine, 0);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = TcpConnections::new(config.limits.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(run_listener(listener, engine, conns.clone(), stop_rx));
+        tokio::spawn(run_listener(listener, front, conns.clone(), stop_rx));
         let mut client = TcpStream::connect(addr).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while conns.open() == 0 && Instant::now() < deadline {

@@ -1,0 +1,291 @@
+//! The front door: what every DNS listener does with a message it received, in one place for UDP
+//! and TCP — the per-client rate limit, rejections, ANY, cache hits, prefetch, and the metrics,
+//! dnstap and query-log records of each. The transports only frame and move bytes:
+//! [`FrontDoor::classify`] says whether to answer now, drop, or hand a [`Miss`] to the miss path,
+//! and [`FrontDoor::answer_miss`] answers that miss. The miss carries its parsed query and cache
+//! key ([`OwnedQuery`]): nothing downstream parses the packet again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use nodedns_cache::Timestamp;
+use nodedns_wire::{
+    OwnedQuery, Parsed, Query, Rcode, Transport, parse_query, render_any_hinfo, render_rcode, render_rejection,
+    response_rcode_label,
+};
+
+use crate::engine::Engine;
+use crate::metrics::{At, CacheResult, Proto, ShedReason};
+use crate::ratelimit::ClientRateLimit;
+
+/// Prefetches waiting to start. Past it a prefetch is skipped: the entry is then refreshed by
+/// the first query after it expires, as without prefetch.
+pub const PREFETCH_QUEUE: usize = 1024;
+
+/// The decision for one received message.
+pub enum Verdict {
+    /// Answer `out[..len]` now. `hit`: it came from the cache (the transport counts hits'
+    /// durations: a UDP worker once per batch).
+    Answer { len: usize, hit: bool },
+    /// Send nothing: bad input beyond an answer, or bad input from a client over its rate.
+    Drop,
+    /// Not answerable from the cache: for the miss path ([`FrontDoor::answer_miss`]).
+    Miss(Miss),
+}
+
+/// A query for the miss path, with everything the front door learned about it.
+pub struct Miss {
+    pub query: OwnedQuery,
+    pub peer: SocketAddr,
+    /// Listener and zone, for the CoreDNS-compatible series.
+    pub at: At,
+    pub transport: Transport,
+    pub received: Instant,
+    /// The listener's address, for dnstap.
+    pub local: Option<SocketAddr>,
+    pub proto: Proto,
+}
+
+/// Where and when a message arrived.
+#[derive(Clone, Copy)]
+pub struct Arrival {
+    pub proto: Proto,
+    /// The listener's index for the CoreDNS-compatible `server` label.
+    pub listener: u16,
+    /// The listener's address (only needed with dnstap on).
+    pub local: Option<SocketAddr>,
+    /// When it was read (a UDP worker reads the clock once per batch).
+    pub received: Instant,
+    /// `received` as a cache timestamp.
+    pub now: Timestamp,
+    /// Wall-clock time for dnstap, read with `received` when dnstap is on.
+    pub wall: Option<SystemTime>,
+}
+
+/// The front door shared by every listener of the process.
+pub struct FrontDoor {
+    pub engine: Arc<Engine>,
+    /// `limits.per_client_qps` (shared by UDP and TCP, so a client's budget covers both).
+    rate_limit: Option<ClientRateLimit>,
+    prefetches: mpsc::Sender<OwnedQuery>,
+}
+
+/// The client's address, decoded only when something needs it (the rate limit, a miss, a log
+/// record): a UDP hit without them never decodes it.
+struct LazyPeer<F> {
+    decode: Option<F>,
+    known: Option<Option<SocketAddr>>,
+}
+
+impl<F: FnOnce() -> Option<SocketAddr>> LazyPeer<F> {
+    #[inline]
+    fn get(&mut self) -> Option<SocketAddr> {
+        if let Some(known) = self.known {
+            return known;
+        }
+        let peer = self.decode.take().and_then(|f| f());
+        self.known = Some(peer);
+        peer
+    }
+}
+
+impl FrontDoor {
+    /// The front door and the queue of prefetches it asks for (for [`run_prefetches`]).
+    pub fn new(engine: Arc<Engine>, per_client_qps: u32) -> (Arc<Self>, mpsc::Receiver<OwnedQuery>) {
+        let (prefetches, rx) = mpsc::channel(PREFETCH_QUEUE);
+        (Arc::new(Self { engine, rate_limit: ClientRateLimit::new(per_client_qps), prefetches }), rx)
+    }
+
+    /// Decides what to do with `packet`: answers it into `out` when the cache (or a rule) can,
+    /// else hands it to the miss path. Allocates nothing unless it is a miss.
+    #[inline]
+    pub fn classify(
+        &self,
+        packet: &[u8],
+        peer: impl FnOnce() -> Option<SocketAddr>,
+        arrival: &Arrival,
+        out: &mut [u8],
+    ) -> Verdict {
+        let engine = &*self.engine;
+        let m = &*engine.metrics;
+        let mut peer = LazyPeer { decode: Some(peer), known: None };
+        // limits.per_client_qps: over it, queries get REFUSED and bad input no answer at all.
+        let over_limit = match &self.rate_limit {
+            Some(limit) => peer.get().is_some_and(|p| !limit.allow(p.ip())),
+            None => false,
+        };
+        let query = match parse_query(packet) {
+            Parsed::Query(q) => q,
+            Parsed::Reject(_) if over_limit => {
+                m.shed(ShedReason::RateLimit);
+                return Verdict::Drop;
+            }
+            Parsed::Reject(r) => {
+                let len = render_rejection(&r, out);
+                m.rejected(At::listener(arrival.listener), &r, len.map(|len| &out[..len]));
+                let Some(len) = len else { return Verdict::Drop };
+                self.tap(arrival, &mut peer, packet, &out[..len]);
+                return Verdict::Answer { len, hit: false };
+            }
+            Parsed::Drop => {
+                m.malformed("unparseable_header");
+                return Verdict::Drop;
+            }
+        };
+        let at = m.at(arrival.listener, &query);
+        m.request(at, arrival.proto, query.qtype);
+        if over_limit {
+            m.shed(ShedReason::RateLimit);
+            return self.answer_rcode(&query, Rcode::Refused, at, arrival, &mut peer, out);
+        }
+        let transport = match arrival.proto {
+            Proto::Udp => Transport::Udp { max_len: query.max_udp_response(engine.max_udp_payload) },
+            Proto::Tcp => Transport::Tcp,
+        };
+        if query.qtype == nodedns_wire::query::TYPE_ANY {
+            // RFC 8482: one synthesized HINFO, never a lookup.
+            let Some(len) = render_any_hinfo(&query, out) else { return Verdict::Drop };
+            m.response(at, "NOERROR");
+            self.tap(arrival, &mut peer, packet, &out[..len]);
+            return Verdict::Answer { len, hit: false };
+        }
+        if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out, arrival.now) {
+            let response = &out[..len];
+            m.response(at, response_rcode_label(response));
+            if m.coredns_compatible() {
+                let secs = arrival.received.elapsed().as_secs_f64();
+                m.coredns_answered(at, CacheResult::Hit, query.qtype, response, secs);
+            }
+            if engine.query_log_on() {
+                let proto = arrival.proto.label();
+                engine.sample_query_log(peer.get(), proto, &query, response, "hit", std::time::Duration::ZERO);
+            }
+            if refresh_due {
+                // The entry's one refresh claim (RFC 8767's prefetch, popular entries only) is
+                // spent here, by whichever transport served the hit: it always starts a refresh.
+                let _ = self.prefetches.try_send(query.detach());
+            }
+            self.tap(arrival, &mut peer, packet, response);
+            return Verdict::Answer { len, hit: true };
+        }
+        let Some(client) = peer.get() else { return Verdict::Drop };
+        Verdict::Miss(Miss {
+            query: query.detach(),
+            peer: client,
+            at,
+            transport,
+            received: arrival.received,
+            local: arrival.local,
+            proto: arrival.proto,
+        })
+    }
+
+    /// The answer for a miss that cannot wait for upstream because a bound is reached (the UDP
+    /// miss queue is full): stale data if any — serve-stale wins over shedding, so one client's
+    /// flood of new names never costs others the names they had — else REFUSED.
+    pub fn overflow(&self, miss: &Miss, out: &mut [u8]) -> Option<usize> {
+        let engine = &*self.engine;
+        let m = &*engine.metrics;
+        m.shed(ShedReason::Inflight);
+        let query = miss.query.query();
+        let now = engine.timestamp(miss.received);
+        let len = match engine.answer_stale(&query, miss.transport, out, now) {
+            Some(len) => {
+                m.response(miss.at, response_rcode_label(&out[..len]));
+                m.answered(miss.at, CacheResult::Stale, query.qtype, &out[..len], 0.0);
+                len
+            }
+            None => {
+                let len = render_rcode(&query, Rcode::Refused, out)?;
+                m.response(miss.at, "REFUSED");
+                len
+            }
+        };
+        if let Some(tap) = &engine.dnstap {
+            let (asked, now) = wall_times(miss.received);
+            tap.client(miss.proto, Some(miss.peer), miss.local, miss.query.packet(), Some(&out[..len]), asked, now);
+        }
+        Some(len)
+    }
+
+    /// Answers a miss (waiting for upstream as the miss path decides) and records it. `None`:
+    /// nothing to send.
+    pub async fn answer_miss(&self, miss: &Miss) -> Option<Vec<u8>> {
+        let engine = &*self.engine;
+        let answer = self.engine.answer_miss(&miss.query, miss.transport).await;
+        if let Some(tap) = &engine.dnstap {
+            let (asked, now) = wall_times(miss.received);
+            let response = answer.as_ref().map(|a| &a.bytes[..]);
+            tap.client(miss.proto, Some(miss.peer), miss.local, miss.query.packet(), response, asked, now);
+        }
+        let answer = answer?;
+        let m = &*engine.metrics;
+        m.response(miss.at, response_rcode_label(&answer.bytes));
+        let elapsed = miss.received.elapsed();
+        m.answered(miss.at, answer.result, miss.query.qtype(), &answer.bytes, elapsed.as_secs_f64());
+        if engine.query_log_on() {
+            let label = answer.result.label();
+            let query = miss.query.query();
+            engine.sample_query_log(Some(miss.peer), miss.proto.label(), &query, &answer.bytes, label, elapsed);
+        }
+        Some(answer.bytes)
+    }
+
+    /// Counts `n` cache hits answered since `received` (their duration histogram).
+    #[inline]
+    pub fn hits_answered(&self, n: usize, received: Instant) {
+        if n > 0 {
+            let secs = received.elapsed().as_secs_f64();
+            for _ in 0..n {
+                self.engine.metrics.native_answered(CacheResult::Hit, secs);
+            }
+        }
+    }
+
+    /// An rcode-only answer made here.
+    fn answer_rcode<F: FnOnce() -> Option<SocketAddr>>(
+        &self,
+        query: &Query<'_>,
+        rcode: Rcode,
+        at: At,
+        arrival: &Arrival,
+        peer: &mut LazyPeer<F>,
+        out: &mut [u8],
+    ) -> Verdict {
+        let Some(len) = render_rcode(query, rcode, out) else { return Verdict::Drop };
+        self.engine.metrics.response(at, response_rcode_label(&out[..len]));
+        self.tap(arrival, peer, query.packet(), &out[..len]);
+        Verdict::Answer { len, hit: false }
+    }
+
+    /// dnstap's CLIENT_QUERY/CLIENT_RESPONSE for an answer made here (nothing when dnstap is off).
+    #[inline]
+    fn tap<F: FnOnce() -> Option<SocketAddr>>(
+        &self,
+        arrival: &Arrival,
+        peer: &mut LazyPeer<F>,
+        query: &[u8],
+        response: &[u8],
+    ) {
+        if let Some(tap) = &self.engine.dnstap {
+            let wall = arrival.wall.unwrap_or_else(SystemTime::now);
+            tap.client(arrival.proto, peer.get(), arrival.local, query, Some(response), wall, wall);
+        }
+    }
+}
+
+/// The wall-clock times of an exchange that began at `received` and ends now.
+fn wall_times(received: Instant) -> (SystemTime, SystemTime) {
+    let now = SystemTime::now();
+    (now.checked_sub(received.elapsed()).unwrap_or(now), now)
+}
+
+/// Starts the prefetches the front door queued, until every front door is gone.
+pub async fn run_prefetches(engine: Arc<Engine>, mut queued: mpsc::Receiver<OwnedQuery>) {
+    while let Some(query) = queued.recv().await {
+        engine.prefetch(&query);
+    }
+}
