@@ -9,13 +9,11 @@
 pub mod admin;
 pub mod admin_socket;
 pub mod app;
-pub mod config;
 pub mod daemon;
 pub mod discover;
 pub mod dnstap;
 pub mod engine;
 pub mod handover;
-pub mod kubedns;
 pub mod logging;
 pub mod metrics;
 pub mod node_setup;
@@ -27,3 +25,8 @@ pub mod reload;
 pub mod rlimit;
 pub mod schema;
 pub mod server;
+
+// The configuration lives in its own crate; these keep the `crate::config::...` and
+// `crate::kubedns::...` paths of the daemon working.
+pub use nodedns_config as config;
+pub use nodedns_config::kubedns;

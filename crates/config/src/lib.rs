@@ -2,7 +2,10 @@
 //!
 //! Validation collects every problem at once, each with its key path and line, because a typo in
 //! a ConfigMap must fail loudly and completely rather than one error per rollout.
+//! [`kubedns`] translates the kube-dns ConfigMap into zones merged into a [`Config`].
+#![forbid(unsafe_code)]
 
+pub mod kubedns;
 mod locate;
 pub mod raw;
 mod resolv;

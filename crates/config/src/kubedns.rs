@@ -41,7 +41,7 @@ use hickory_proto::rr::Name;
 use nodedns_cache::{Ttl, TtlPolicy};
 use nodedns_upstream::Transport;
 
-use crate::config::{Config, UpstreamSource, ZoneConfig, parse_zone_name};
+use crate::{Config, UpstreamSource, ZoneConfig, parse_zone_name};
 
 /// The ConfigMap key of the stub domains.
 pub const STUB_DOMAINS: &str = "stubDomains";
