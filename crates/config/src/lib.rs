@@ -5,6 +5,7 @@
 //! [`kubedns`] translates the kube-dns ConfigMap into zones merged into a [`Config`].
 #![forbid(unsafe_code)]
 
+pub mod change;
 pub mod kubedns;
 mod locate;
 pub mod raw;
