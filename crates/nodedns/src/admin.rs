@@ -16,7 +16,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
-use crate::engine::Engine;
 use crate::readiness::{Phase, Readiness};
 use crate::server::udp::WorkerControl;
 
@@ -27,7 +26,7 @@ const HEALTH_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the admin endpoints read.
 pub struct AdminState {
-    pub engine: Arc<Engine>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set once the UDP workers run (admin starts before them, to answer probes while waiting).
     pub workers: OnceLock<Arc<WorkerControl>>,
     /// Where `/health` sends its query.
@@ -110,7 +109,7 @@ async fn handle(
     let path = req.uri().path();
     Ok(match (req.method(), path) {
         (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, state.engine.metrics.render());
+            let mut r = text(StatusCode::OK, state.metrics.render());
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

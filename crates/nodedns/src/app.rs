@@ -19,13 +19,15 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminListener, AdminState};
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::dnstap::{Dnstap, DnstapTaps};
 use crate::metrics::{CacheSample, Metrics, ScrapeSample, ScrapedCollector, upstream_sample};
+use crate::querylog::QueryLog;
 use crate::readiness::{Phase, Readiness};
 use crate::reload::KubeDnsState;
 use crate::server::front::{self, FrontDoor};
 use crate::server::udp::{self, WorkerControl};
 use crate::server::{Listeners, tcp};
+use nodedns_resolver::{Clock, Resolver};
 
 /// Node teardown gets this long at shutdown: a hung firewall tool must not keep the pod in
 /// Terminating until the kubelet's SIGKILL (the rules are fail-open anyway).
@@ -143,7 +145,10 @@ pub struct App {
     kube_dns: KubeDnsState,
     opts: AppOptions,
     metrics: Arc<Metrics>,
-    engine: Arc<Engine>,
+    engine: Arc<Resolver>,
+    /// `log.dnstap`, when configured and its writer started.
+    dnstap: Option<Arc<Dnstap>>,
+    query_log: Arc<QueryLog>,
     readiness: Arc<Readiness>,
     admin: Arc<AdminState>,
     /// Admin HTTP threads started so far (the pod's socket may start before the rest).
@@ -159,11 +164,21 @@ impl App {
     /// started yet; call inside a tokio runtime.
     pub fn new(config: Config, metrics: Arc<Metrics>, opts: AppOptions) -> App {
         let (serving, kube_dns) = crate::reload::start(&config, &metrics);
-        let engine = Engine::new(&serving, metrics.clone());
+        let dnstap = config.log.dnstap.as_ref().and_then(|c| match Dnstap::start(c, &metrics) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // Logging must not stop serving.
+                warn!(error = %e, "cannot start the dnstap writer; serving without dnstap");
+                None
+            }
+        });
+        let taps = dnstap.clone().map(|d| Arc::new(DnstapTaps(d)) as Arc<dyn nodedns_resolver::ForwarderTaps>);
+        let engine = Resolver::new(&serving, metrics.clone(), taps, Clock::starting_now());
         register_scraped(&metrics, &engine);
+        let query_log = Arc::new(QueryLog::new(config.log.queries_sample_rate));
         let readiness = Arc::new(Readiness::default());
         let admin = Arc::new(AdminState {
-            engine: engine.clone(),
+            metrics: metrics.clone(),
             workers: std::sync::OnceLock::new(),
             dns_target: std::sync::OnceLock::new(),
             readiness: readiness.clone(),
@@ -175,6 +190,8 @@ impl App {
             opts,
             metrics,
             engine,
+            dnstap,
+            query_log,
             readiness,
             admin,
             admin_threads: Vec::new(),
@@ -184,7 +201,7 @@ impl App {
         }
     }
 
-    pub fn engine(&self) -> &Arc<Engine> {
+    pub fn engine(&self) -> &Arc<Resolver> {
         &self.engine
     }
 
@@ -300,7 +317,13 @@ impl App {
         let serving_handover = self.serve_handover(&listeners, admin_release, &handed_over);
         let own_udp_inodes: Vec<u64> = listeners.udp.iter().filter_map(|(_, s)| socket_inode(s)).collect();
 
-        let (front, prefetches) = FrontDoor::new(self.engine.clone(), config.limits.per_client_qps);
+        let (front, prefetches) = FrontDoor::new(
+            self.engine.clone(),
+            self.metrics.clone(),
+            self.dnstap.clone(),
+            self.query_log.clone(),
+            config.limits.per_client_qps,
+        );
         self.tasks.spawn("prefetch", front::run_prefetches(self.engine.clone(), prefetches));
 
         let control = WorkerControl::new(listeners.udp.len());
@@ -378,7 +401,7 @@ impl App {
             crate::handover::remove_if_ours(path, &handed_over);
         }
         // After the drain, so the stream holds every answer sent; STOP (and FINISH) close it.
-        if let Some(tap) = &self.engine.dnstap {
+        if let Some(tap) = &self.dnstap {
             let tap = tap.clone();
             let _ = tokio::task::spawn_blocking(move || tap.shutdown(DNSTAP_STOP_TIMEOUT)).await;
         }
@@ -413,7 +436,14 @@ impl App {
             let kube_dns = std::mem::take(&mut self.kube_dns);
             self.tasks.spawn(
                 "reload",
-                crate::reload::watch_from(path.clone(), self.config.clone(), kube_dns, engine.clone(), stop.clone()),
+                crate::reload::watch_from(
+                    path.clone(),
+                    self.config.clone(),
+                    kube_dns,
+                    engine.clone(),
+                    self.metrics.clone(),
+                    stop.clone(),
+                ),
             );
         }
     }
@@ -512,7 +542,7 @@ fn socket_inode(s: &std::net::UdpSocket) -> Option<u64> {
 /// readiness needs a live upstream, and the query opens the persistent connections before
 /// clients arrive.
 async fn probe_until_answered(
-    engine: Arc<Engine>,
+    engine: Arc<Resolver>,
     readiness: Arc<Readiness>,
     mut stop: watch::Receiver<bool>,
     started: Instant,
@@ -535,7 +565,7 @@ async fn probe_until_answered(
     }
 }
 
-fn register_scraped(metrics: &Arc<Metrics>, engine: &Arc<Engine>) {
+fn register_scraped(metrics: &Arc<Metrics>, engine: &Arc<Resolver>) {
     let engine = engine.clone();
     let max_bytes = engine.cache.limits().max_bytes as u64;
     let coredns = metrics.coredns_compatible();

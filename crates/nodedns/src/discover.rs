@@ -17,7 +17,7 @@ use nodedns_upstream::{PoolConfig, UpstreamPool};
 use nodedns_wire::UpstreamQuestion;
 
 use crate::config::ZoneConfig;
-use crate::engine::{Engine, Zone};
+use nodedns_resolver::{Resolver, Zone};
 
 /// The A and AAAA addresses of `service`, asked of the zone's fixed upstreams, on port 53.
 pub async fn resolve_endpoints(zone: &ZoneConfig, service: &Name) -> Result<Vec<SocketAddr>, String> {
@@ -69,7 +69,7 @@ pub async fn resolve_endpoints(zone: &ZoneConfig, service: &Name) -> Result<Vec<
 }
 
 /// Keeps the pool of `zone` in step with the discovered endpoints until `stop`.
-pub async fn run(engine: Arc<Engine>, zone_name: Name, mut stop: watch::Receiver<bool>) {
+pub async fn run(engine: Arc<Resolver>, zone_name: Name, mut stop: watch::Receiver<bool>) {
     loop {
         let Some(zone) = engine.zones().iter().find(|z| z.config.name == zone_name).cloned() else {
             return;

@@ -12,18 +12,17 @@ pub mod app;
 pub mod daemon;
 pub mod discover;
 pub mod dnstap;
-pub mod engine;
 pub mod handover;
 pub mod logging;
 pub mod metrics;
 pub mod node_setup;
 pub mod privileges;
 pub mod probe;
+pub mod querylog;
 pub mod ratelimit;
 pub mod readiness;
 pub mod reload;
 pub mod rlimit;
-pub mod schema;
 pub mod server;
 
 // The configuration lives in its own crate; these keep the `crate::config::...` and

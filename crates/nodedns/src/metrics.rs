@@ -145,19 +145,42 @@ fn rcode_index(label: &str) -> usize {
     RCODES.iter().position(|r| *r == label).unwrap_or(RCODES.len() - 1)
 }
 
-/// How a query was answered, for the duration histogram.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheResult {
-    Hit = 0,
-    Miss = 1,
-    Stale = 2,
-}
+pub use nodedns_resolver::CacheResult;
 
-const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "stale"];
+/// The resolver's counters are these metrics.
+impl nodedns_resolver::ResolverEvents for Metrics {
+    fn shed(&self, why: nodedns_resolver::Shed) {
+        Metrics::shed(
+            self,
+            match why {
+                nodedns_resolver::Shed::Inflight => ShedReason::Inflight,
+                nodedns_resolver::Shed::UpstreamInflight => ShedReason::UpstreamInflight,
+            },
+        );
+    }
 
-impl CacheResult {
-    pub fn label(self) -> &'static str {
-        CACHE_RESULTS[self as usize]
+    fn waiting(&self, delta: i64) {
+        self.inflight.add(delta);
+    }
+
+    fn failure_entry_stored(&self) {
+        self.failure_entries.inc();
+    }
+
+    fn failure_answered(&self) {
+        self.failure_answers.inc();
+    }
+
+    fn prefetch_started(&self) {
+        self.prefetches.inc();
+    }
+
+    fn synthesized(&self, zone: &nodedns_resolver::Zone) {
+        self.local_synthesized.with_label_values(&[&zone.label]).inc();
+    }
+
+    fn zones_changed(&self, zones: &[Arc<nodedns_resolver::Zone>]) {
+        self.zone_labels(zones);
     }
 }
 
@@ -378,7 +401,8 @@ impl Metrics {
                 .buckets(REQUEST_BUCKETS.to_vec()),
             &["cache"],
         ));
-        let duration = CACHE_RESULTS.iter().map(|c| duration_vec.with_label_values(&[c])).collect();
+        let results = [CacheResult::Hit, CacheResult::Miss, CacheResult::Stale];
+        let duration = results.iter().map(|c| duration_vec.with_label_values(&[c.label()])).collect();
         reg(Box::new(duration_vec));
 
         let counter = |name: &str, help: &str| {
@@ -535,7 +559,7 @@ impl Metrics {
 
     /// The zones as configured now (at start and after each reload): `zone` labels, and
     /// `nodedns_local_synthesized_total` at 0 for the zones answered under the Kubernetes schema.
-    pub fn zones(&self, zones: &[Arc<crate::engine::Zone>]) {
+    fn zone_labels(&self, zones: &[Arc<nodedns_resolver::Zone>]) {
         for z in zones.iter().filter(|z| z.config.kubernetes_schema) {
             self.known_zone(&z.label);
         }
@@ -1137,7 +1161,8 @@ mod tests {
         )
         .unwrap();
         let m = Metrics::new(true);
-        let _engine = crate::engine::Engine::new(&config, m.clone());
+        let clock = nodedns_resolver::Clock::starting_now();
+        let _resolver = nodedns_resolver::Resolver::new(&config, m.clone(), None, clock);
         let v4 = m.listener("169.254.20.10:53".parse().unwrap());
         let v6 = m.listener("[fd00::10]:53".parse().unwrap());
         assert_eq!(m.listener("169.254.20.10:53".parse().unwrap()), v4, "one index per address");

@@ -17,9 +17,9 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, KubeDnsConfigMap};
-use crate::engine::Engine;
 use crate::kubedns::{KubeDns, KubeDnsError, Snapshot};
 use crate::metrics::Metrics;
+use nodedns_resolver::Resolver;
 
 /// How often the file is re-read to detect changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -109,24 +109,14 @@ pub fn start(base: &Config, metrics: &Metrics) -> (Config, KubeDnsState) {
     (serving, state)
 }
 
-/// Watches the config file (and the kube-dns ConfigMap) while `engine` serves `current`, the
-/// config file as loaded at startup. The ConfigMap is read first and applied at once; to apply it
-/// before serving, use [`start`] and [`watch_from`].
-pub async fn watch(path: PathBuf, current: Config, engine: Arc<Engine>, stop: watch::Receiver<bool>) {
-    let (serving, state) = start(&current, &engine.metrics);
-    if serving != current {
-        engine.reconfigure(&serving);
-    }
-    watch_from(path, current, state, engine, stop).await
-}
-
 /// Watches the config file at `path` (`base` is its content as loaded) and the kube-dns ConfigMap
 /// (`kube`, from [`start`]), reconfiguring `engine` whenever the merged result changes.
 pub async fn watch_from(
     path: PathBuf,
     mut base: Config,
     mut kube: KubeDnsState,
-    engine: Arc<Engine>,
+    engine: Arc<Resolver>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut hup = signal(SignalKind::hangup()).ok();
@@ -155,12 +145,12 @@ pub async fn watch_from(
                             base = next;
                             // Re-read the ConfigMap under the new file; if it did not change, the
                             // last valid version is merged again.
-                            kube.refresh(&base, &engine.metrics);
-                            apply(&engine, &base, &kube, &mut serving, &path, "config reloaded");
+                            kube.refresh(&base, &metrics);
+                            apply(&engine, &metrics, &base, &kube, &mut serving, &path, "config reloaded");
                         }
                     }
                     Err(e) => {
-                        engine.metrics.config_reloads.with_label_values(&["failure"]).inc();
+                        metrics.config_reloads.with_label_values(&["failure"]).inc();
                         error!(problems = %e, "config reload rejected; the previous config keeps serving");
                     }
                 }
@@ -170,22 +160,30 @@ pub async fn watch_from(
             }
         }
         // The ConfigMap's interval, or SIGHUP.
-        if kube.refresh(&base, &engine.metrics) == Some(Ok(())) {
+        if kube.refresh(&base, &metrics) == Some(Ok(())) {
             let (stubs, upstreams) = kube.summary();
             info!(stub_domains = stubs, upstream_nameservers = upstreams, "kube-dns ConfigMap read");
-            apply(&engine, &base, &kube, &mut serving, &path, "kube-dns ConfigMap applied");
+            apply(&engine, &metrics, &base, &kube, &mut serving, &path, "kube-dns ConfigMap applied");
         }
     }
 }
 
 /// Reconfigures `engine` if the merged config differs from what it serves.
-fn apply(engine: &Engine, base: &Config, kube: &KubeDnsState, serving: &mut Config, path: &Path, what: &str) {
-    let next = kube.merged_or_base(base, &engine.metrics);
+fn apply(
+    engine: &Resolver,
+    metrics: &Metrics,
+    base: &Config,
+    kube: &KubeDnsState,
+    serving: &mut Config,
+    path: &Path,
+    what: &str,
+) {
+    let next = kube.merged_or_base(base, metrics);
     if next == *serving {
         return;
     }
     engine.reconfigure(&next);
-    engine.metrics.config_reloads.with_label_values(&["success"]).inc();
+    metrics.config_reloads.with_label_values(&["success"]).inc();
     let zones: Vec<String> = next.zones.iter().map(|z| z.name.to_string()).collect();
     info!(path = %path.display(), zones = ?zones, "{what}");
     *serving = next;

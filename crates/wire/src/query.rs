@@ -437,9 +437,12 @@ pub(crate) mod tests {
     #[test]
     fn a_detached_query_keeps_the_parse_and_the_key() {
         let p = query("Foo.Example", 28, Some((4096, 0, true)));
-        let Parsed::Query(q) = parse_query(&p) else { panic!() };
-        let owned = q.detach();
-        drop(q);
+        // The receive buffer goes away; the detached query keeps what it needs.
+        let owned = {
+            let buffer = p.clone();
+            let Parsed::Query(q) = parse_query(&buffer) else { panic!() };
+            q.detach()
+        };
         let again = owned.query();
         assert_eq!(owned.packet(), &p[..]);
         assert_eq!((again.id, again.qtype, again.qclass), (0x1234, 28, 1));

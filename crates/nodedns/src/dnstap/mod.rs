@@ -452,3 +452,12 @@ fn run_writer(shared: &Shared, rx: &Receiver<Vec<u8>>, target: &DnstapTarget) {
         warn!(kind, path = %path.display(), error = %e, "closing the dnstap stream failed");
     }
 }
+
+/// dnstap as the resolver's observer of upstream exchanges (FORWARDER_QUERY/RESPONSE).
+pub struct DnstapTaps(pub Arc<Dnstap>);
+
+impl nodedns_resolver::ForwarderTaps for DnstapTaps {
+    fn forwarder(&self, zone: &hickory_proto::rr::Name) -> Arc<dyn ExchangeObserver> {
+        self.0.forwarder(zone)
+    }
+}

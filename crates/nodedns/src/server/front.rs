@@ -17,8 +17,11 @@ use nodedns_wire::{
     response_rcode_label,
 };
 
-use crate::engine::Engine;
-use crate::metrics::{At, CacheResult, Proto, ShedReason};
+use nodedns_resolver::Resolver;
+
+use crate::dnstap::Dnstap;
+use crate::metrics::{At, CacheResult, Metrics, Proto, ShedReason};
+use crate::querylog::QueryLog;
 use crate::ratelimit::ClientRateLimit;
 
 /// Prefetches waiting to start. Past it a prefetch is skipped: the entry is then refreshed by
@@ -67,7 +70,11 @@ pub struct Arrival {
 
 /// The front door shared by every listener of the process.
 pub struct FrontDoor {
-    pub engine: Arc<Engine>,
+    pub resolver: Arc<Resolver>,
+    pub metrics: Arc<Metrics>,
+    /// `log.dnstap`: CLIENT_QUERY/CLIENT_RESPONSE of every exchange, when configured.
+    pub dnstap: Option<Arc<Dnstap>>,
+    pub query_log: Arc<QueryLog>,
     /// `limits.per_client_qps` (shared by UDP and TCP, so a client's budget covers both).
     rate_limit: Option<ClientRateLimit>,
     prefetches: mpsc::Sender<OwnedQuery>,
@@ -94,9 +101,16 @@ impl<F: FnOnce() -> Option<SocketAddr>> LazyPeer<F> {
 
 impl FrontDoor {
     /// The front door and the queue of prefetches it asks for (for [`run_prefetches`]).
-    pub fn new(engine: Arc<Engine>, per_client_qps: u32) -> (Arc<Self>, mpsc::Receiver<OwnedQuery>) {
+    pub fn new(
+        resolver: Arc<Resolver>,
+        metrics: Arc<Metrics>,
+        dnstap: Option<Arc<Dnstap>>,
+        query_log: Arc<QueryLog>,
+        per_client_qps: u32,
+    ) -> (Arc<Self>, mpsc::Receiver<OwnedQuery>) {
         let (prefetches, rx) = mpsc::channel(PREFETCH_QUEUE);
-        (Arc::new(Self { engine, rate_limit: ClientRateLimit::new(per_client_qps), prefetches }), rx)
+        let rate_limit = ClientRateLimit::new(per_client_qps);
+        (Arc::new(Self { resolver, metrics, dnstap, query_log, rate_limit, prefetches }), rx)
     }
 
     /// Decides what to do with `packet`: answers it into `out` when the cache (or a rule) can,
@@ -109,8 +123,8 @@ impl FrontDoor {
         arrival: &Arrival,
         out: &mut [u8],
     ) -> Verdict {
-        let engine = &*self.engine;
-        let m = &*engine.metrics;
+        let resolver = &*self.resolver;
+        let m = &*self.metrics;
         let mut peer = LazyPeer { decode: Some(peer), known: None };
         // limits.per_client_qps: over it, queries get REFUSED and bad input no answer at all.
         let over_limit = match &self.rate_limit {
@@ -142,7 +156,7 @@ impl FrontDoor {
             return self.answer_rcode(&query, Rcode::Refused, at, arrival, &mut peer, out);
         }
         let transport = match arrival.proto {
-            Proto::Udp => Transport::Udp { max_len: query.max_udp_response(engine.max_udp_payload) },
+            Proto::Udp => Transport::Udp { max_len: query.max_udp_response(resolver.max_udp_payload) },
             Proto::Tcp => Transport::Tcp,
         };
         if query.qtype == nodedns_wire::query::TYPE_ANY {
@@ -152,16 +166,16 @@ impl FrontDoor {
             self.tap(arrival, &mut peer, packet, &out[..len]);
             return Verdict::Answer { len, hit: false };
         }
-        if let Some((len, refresh_due)) = engine.answer_from_cache(&query, transport, out, arrival.now) {
+        if let Some((len, refresh_due)) = resolver.answer_from_cache(&query, transport, out, arrival.now) {
             let response = &out[..len];
             m.response(at, response_rcode_label(response));
             if m.coredns_compatible() {
                 let secs = arrival.received.elapsed().as_secs_f64();
                 m.coredns_answered(at, CacheResult::Hit, query.qtype, response, secs);
             }
-            if engine.query_log_on() {
+            if self.query_log.on() {
                 let proto = arrival.proto.label();
-                engine.sample_query_log(peer.get(), proto, &query, response, "hit", std::time::Duration::ZERO);
+                self.query_log.sample(peer.get(), proto, &query, response, "hit", std::time::Duration::ZERO);
             }
             if refresh_due {
                 // The entry's one refresh claim (RFC 8767's prefetch, popular entries only) is
@@ -187,12 +201,12 @@ impl FrontDoor {
     /// miss queue is full): stale data if any — serve-stale wins over shedding, so one client's
     /// flood of new names never costs others the names they had — else REFUSED.
     pub fn overflow(&self, miss: &Miss, out: &mut [u8]) -> Option<usize> {
-        let engine = &*self.engine;
-        let m = &*engine.metrics;
+        let resolver = &*self.resolver;
+        let m = &*self.metrics;
         m.shed(ShedReason::Inflight);
         let query = miss.query.query();
-        let now = engine.timestamp(miss.received);
-        let len = match engine.answer_stale(&query, miss.transport, out, now) {
+        let now = resolver.timestamp(miss.received);
+        let len = match resolver.answer_stale(&query, miss.transport, out, now) {
             Some(len) => {
                 m.response(miss.at, response_rcode_label(&out[..len]));
                 m.answered(miss.at, CacheResult::Stale, query.qtype, &out[..len], 0.0);
@@ -204,7 +218,7 @@ impl FrontDoor {
                 len
             }
         };
-        if let Some(tap) = &engine.dnstap {
+        if let Some(tap) = &self.dnstap {
             let (asked, now) = wall_times(miss.received);
             tap.client(miss.proto, Some(miss.peer), miss.local, miss.query.packet(), Some(&out[..len]), asked, now);
         }
@@ -214,22 +228,21 @@ impl FrontDoor {
     /// Answers a miss (waiting for upstream as the miss path decides) and records it. `None`:
     /// nothing to send.
     pub async fn answer_miss(&self, miss: &Miss) -> Option<Vec<u8>> {
-        let engine = &*self.engine;
-        let answer = self.engine.answer_miss(&miss.query, miss.transport).await;
-        if let Some(tap) = &engine.dnstap {
+        let answer = self.resolver.answer_miss(&miss.query, miss.transport).await;
+        if let Some(tap) = &self.dnstap {
             let (asked, now) = wall_times(miss.received);
             let response = answer.as_ref().map(|a| &a.bytes[..]);
             tap.client(miss.proto, Some(miss.peer), miss.local, miss.query.packet(), response, asked, now);
         }
         let answer = answer?;
-        let m = &*engine.metrics;
+        let m = &*self.metrics;
         m.response(miss.at, response_rcode_label(&answer.bytes));
         let elapsed = miss.received.elapsed();
         m.answered(miss.at, answer.result, miss.query.qtype(), &answer.bytes, elapsed.as_secs_f64());
-        if engine.query_log_on() {
+        if self.query_log.on() {
             let label = answer.result.label();
             let query = miss.query.query();
-            engine.sample_query_log(Some(miss.peer), miss.proto.label(), &query, &answer.bytes, label, elapsed);
+            self.query_log.sample(Some(miss.peer), miss.proto.label(), &query, &answer.bytes, label, elapsed);
         }
         Some(answer.bytes)
     }
@@ -240,7 +253,7 @@ impl FrontDoor {
         if n > 0 {
             let secs = received.elapsed().as_secs_f64();
             for _ in 0..n {
-                self.engine.metrics.native_answered(CacheResult::Hit, secs);
+                self.metrics.native_answered(CacheResult::Hit, secs);
             }
         }
     }
@@ -256,7 +269,7 @@ impl FrontDoor {
         out: &mut [u8],
     ) -> Verdict {
         let Some(len) = render_rcode(query, rcode, out) else { return Verdict::Drop };
-        self.engine.metrics.response(at, response_rcode_label(&out[..len]));
+        self.metrics.response(at, response_rcode_label(&out[..len]));
         self.tap(arrival, peer, query.packet(), &out[..len]);
         Verdict::Answer { len, hit: false }
     }
@@ -270,7 +283,7 @@ impl FrontDoor {
         query: &[u8],
         response: &[u8],
     ) {
-        if let Some(tap) = &self.engine.dnstap {
+        if let Some(tap) = &self.dnstap {
             let wall = arrival.wall.unwrap_or_else(SystemTime::now);
             tap.client(arrival.proto, peer.get(), arrival.local, query, Some(response), wall, wall);
         }
@@ -284,8 +297,8 @@ fn wall_times(received: Instant) -> (SystemTime, SystemTime) {
 }
 
 /// Starts the prefetches the front door queued, until every front door is gone.
-pub async fn run_prefetches(engine: Arc<Engine>, mut queued: mpsc::Receiver<OwnedQuery>) {
+pub async fn run_prefetches(resolver: Arc<Resolver>, mut queued: mpsc::Receiver<OwnedQuery>) {
     while let Some(query) = queued.recv().await {
-        engine.prefetch(&query);
+        resolver.prefetch(&query);
     }
 }

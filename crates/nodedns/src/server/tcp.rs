@@ -197,8 +197,8 @@ pub async fn run_listener(
     conns: Arc<TcpConnections>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let engine = front.engine.clone();
-    let listener_ix = listener.local_addr().map_or(0, |a| engine.metrics.listener(a));
+    let metrics = front.metrics.clone();
+    let listener_ix = listener.local_addr().map_or(0, |a| metrics.listener(a));
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -216,13 +216,13 @@ pub async fn run_listener(
         let guard = match conns.admit(peer.ip()) {
             Admission::Admitted { guard, evicted_idle } => {
                 if evicted_idle {
-                    engine.metrics.shed(ShedReason::TcpIdleEvicted);
+                    metrics.shed(ShedReason::TcpIdleEvicted);
                     debug!(client = %peer.ip(), "closed an idle TCP connection to admit a new one");
                 }
                 guard
             }
             Admission::Refused => {
-                engine.metrics.shed(ShedReason::TcpConnections);
+                metrics.shed(ShedReason::TcpConnections);
                 if conns.warn.allow() {
                     warn!(client = %peer.ip(), "TCP connection refused: connection limit reached, none idle");
                 }
@@ -325,9 +325,9 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     state: &Arc<ConnState>,
 ) {
-    let engine = front.engine.clone();
+    let metrics = front.metrics.clone();
     // dnstap: the listener's address for this connection's CLIENT_* messages (only when on).
-    let local = engine.dnstap.as_ref().and_then(|_| stream.local_addr().ok());
+    let local = front.dnstap.as_ref().and_then(|_| stream.local_addr().ok());
     let (mut read, write) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(write));
     let pipeline = Arc::new(Semaphore::new(limits.max_pipelined_per_connection));
@@ -342,7 +342,7 @@ async fn serve_connection(
             _ = stop.wait_for(|s| *s) => {
                 // Draining: this connection is read no more (answers in flight still go out);
                 // its client reconnects to the successor.
-                engine.metrics.shed(ShedReason::Draining);
+                metrics.shed(ShedReason::Draining);
                 break;
             }
             _ = state.close.notified() => {
@@ -353,7 +353,7 @@ async fn serve_connection(
                 Ok(r) => r,
                 Err(reason) => {
                     if reason != "closed" && reason != "idle" {
-                        engine.metrics.malformed(reason);
+                        metrics.malformed(reason);
                     }
                     debug!(client = %peer, reason, "closing TCP connection");
                     break;
@@ -362,8 +362,14 @@ async fn serve_connection(
         };
         let packet = &inbuf[..n];
         let received = Instant::now();
-        let arrival =
-            Arrival { proto: Proto::Tcp, listener, local, received, now: engine.timestamp(received), wall: None };
+        let arrival = Arrival {
+            proto: Proto::Tcp,
+            listener,
+            local,
+            received,
+            now: front.resolver.timestamp(received),
+            wall: None,
+        };
         let verdict = render_frame(&mut outbuf, |out| front.classify(packet, || Some(peer), &arrival, out));
         let miss = match verdict {
             Verdict::Answer { hit, .. } => {
@@ -381,7 +387,7 @@ async fn serve_connection(
         let permit = match pipeline.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                engine.metrics.shed(ShedReason::TcpPipeline);
+                metrics.shed(ShedReason::TcpPipeline);
                 match pipeline.clone().acquire_owned().await {
                     Ok(p) => p,
                     Err(_) => break,
@@ -491,8 +497,10 @@ mod tests {
         )
         .expect("config");
         let metrics = crate::metrics::Metrics::new(false);
-        let engine = crate::engine::Engine::new(&config, metrics.clone());
-        let (front, _prefetches) = FrontDoor::new(engine, 0);
+        let clock = nodedns_resolver::Clock::starting_now();
+        let resolver = nodedns_resolver::Resolver::new(&config, metrics.clone(), None, clock);
+        let query_log = Arc::new(crate::querylog::QueryLog::new(0.0));
+        let (front, _prefetches) = FrontDoor::new(resolver, metrics.clone(), None, query_log, 0);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = TcpConnections::new(config.limits.clone());

@@ -69,11 +69,12 @@ pub fn run_worker(
         error!(error = %e, "cannot set UDP receive timeout; worker exits");
         return;
     }
-    let engine = front.engine.clone();
+    let resolver = front.resolver.clone();
+    let metrics = front.metrics.clone();
     let mut io = BatchIo::new(socket.as_raw_fd());
-    let listener = socket.local_addr().map_or(0, |a| engine.metrics.listener(a));
+    let listener = socket.local_addr().map_or(0, |a| metrics.listener(a));
     // dnstap: the listener's address once, for every CLIENT_* message of this worker.
-    let dnstap = engine.dnstap.is_some();
+    let dnstap = front.dnstap.is_some();
     let local = if dnstap { socket.local_addr().ok() } else { None };
     while !control.stop.load(Relaxed) {
         control.heartbeats[index].store(control.now_ms(), Relaxed);
@@ -106,7 +107,7 @@ pub fn run_worker(
             listener,
             local,
             received: started,
-            now: engine.timestamp(started),
+            now: resolver.timestamp(started),
             wall: dnstap.then(SystemTime::now),
         };
         // Cache hits of this batch, for the duration histogram.
@@ -117,7 +118,7 @@ pub fn run_worker(
             };
             if rx.truncated {
                 // Larger than any query we accept: not worth an answer.
-                engine.metrics.malformed("oversized");
+                metrics.malformed("oversized");
                 continue;
             }
             let len = match front.classify(rx.data, || rx.peer(), &arrival, &mut out[..]) {

@@ -52,7 +52,7 @@ use nodedns_wire::Query;
 use nodedns_wire::UpstreamQuestion;
 use nodedns_wire::ingest::encode_answer;
 
-use crate::config::ZoneConfig;
+use nodedns_config::ZoneConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchemaVerdict {
@@ -235,7 +235,7 @@ pub fn nxdomain_answer(query: &Query<'_>, soa_answer: &[u8]) -> Option<Cacheable
         dnssec_ok: query.dnssec_ok(),
         checking_disabled: query.checking_disabled,
     };
-    let qname = crate::engine::name_from_wire(key.name.as_wire())?;
+    let qname = nodedns_wire::name_from_wire(key.name.as_wire())?;
     let soa_message = Message::from_vec(soa_answer).ok()?;
     // The answer to an apex SOA query holds it in the answer section; accept a denial's
     // authority SOA too (an upstream that answered the apex query with NODATA).

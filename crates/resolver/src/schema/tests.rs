@@ -5,7 +5,7 @@ use nodedns_cache::{AnswerView, Disposition, Ttl};
 use nodedns_wire::{Parsed, Transport, parse_query, render_cached};
 
 use super::*;
-use crate::config::{Config, ZoneConfig};
+use nodedns_config::{Config, ZoneConfig};
 
 /// A cluster zone with the rule on and two exceptions, an MCS zone, a reverse zone and the
 /// root zone, all with the rule on.

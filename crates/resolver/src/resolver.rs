@@ -19,10 +19,11 @@ use nodedns_cache::{
 use nodedns_upstream::{EndpointRegistry, PoolConfig, UpstreamError, UpstreamPool};
 use nodedns_wire::{OwnedQuery, Query, Rcode, Transport, UpstreamQuestion, render_cached, render_rcode};
 
-use crate::config::{Config, Limits, ZoneConfig};
-use crate::dnstap::Dnstap;
-use crate::logging::RateLimitedWarn;
-use crate::metrics::{CacheResult, Metrics, ShedReason};
+use nodedns_config::{Config, Limits, ZoneConfig};
+
+use crate::clock::Clock;
+use crate::events::{CacheResult, ForwarderTaps, ResolverEvents, Shed};
+use crate::warn::RateLimitedWarn;
 
 /// One configured zone with its upstreams.
 pub struct Zone {
@@ -30,6 +31,10 @@ pub struct Zone {
     pub pool: UpstreamPool,
     /// The zone's name as a label value.
     pub label: String,
+    /// Unit tests answer from a script instead of the network: paused time cannot wait on
+    /// sockets served by another thread.
+    #[cfg(test)]
+    pub(crate) script: std::sync::OnceLock<Arc<crate::tests::Script>>,
 }
 
 impl Zone {
@@ -37,7 +42,7 @@ impl Zone {
         config: ZoneConfig,
         limits: &Limits,
         registry: &Arc<EndpointRegistry>,
-        dnstap: Option<&Arc<Dnstap>>,
+        taps: Option<&Arc<dyn ForwarderTaps>>,
     ) -> Self {
         let pool = UpstreamPool::with_registry(
             config.upstreams.addrs(),
@@ -52,9 +57,24 @@ impl Zone {
             },
             registry.clone(),
         )
-        .with_observer(dnstap.map(|d| d.forwarder(&config.name)));
+        .with_observer(taps.map(|t| t.forwarder(&config.name)));
         let label = config.name.to_ascii();
-        Self { config, pool, label }
+        Self {
+            config,
+            pool,
+            label,
+            #[cfg(test)]
+            script: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// One question to the zone's upstreams.
+    async fn resolve(&self, q: &UpstreamQuestion<'_>) -> Result<nodedns_upstream::Resolved, UpstreamError> {
+        #[cfg(test)]
+        if let Some(script) = self.script.get() {
+            return script.resolve(q, &self.config.name).await;
+        }
+        self.pool.resolve(q, &self.config.name).await
     }
 }
 
@@ -145,40 +165,29 @@ impl FetchKey {
 }
 
 /// The resolver state shared by listeners.
-pub struct Engine {
+pub struct Resolver {
     pub cache: Cache,
     zones: RwLock<Arc<Vec<Arc<Zone>>>>,
     /// Upstream endpoints shared across zones (one connection pool per address).
     registry: Arc<EndpointRegistry>,
     /// The upstream in-flight limits new zones are built with (a restart applies changes).
     limits: Limits,
-    cache_config: RwLock<crate::config::CacheConfig>,
-    pub metrics: Arc<Metrics>,
-    epoch: std::time::Instant,
+    cache_config: RwLock<nodedns_config::CacheConfig>,
+    /// Where counters and gauges about what the resolver did go (the daemon's metrics).
+    events: Arc<dyn ResolverEvents>,
+    /// Cache timestamps: injected, so tests drive TTLs on tokio's paused clock.
+    clock: Clock,
     fetches: Mutex<HashMap<FetchKey, Arc<watch::Sender<FetchState>>>>,
     /// Client queries waiting on the miss path.
     waiting: AtomicUsize,
     pub max_inflight: usize,
     pub max_udp_payload: u16,
-    /// Set once an upstream has answered: part of readiness.
-    pub upstream_answered: AtomicBool,
+    /// Set once an upstream has answered (the app's readiness probe asks).
+    upstream_answered: AtomicBool,
     split_warn: RateLimitedWarn,
     shed_warn: RateLimitedWarn,
-    /// `log.queries_sample_rate`: the fraction of queries logged (0 = off).
-    query_log_rate: f64,
-    query_log_budget: QueryLogBudget,
-    /// `log.dnstap`: every client and upstream message, when configured.
-    pub dnstap: Option<Arc<Dnstap>>,
-}
-
-/// At most [`QUERY_LOG_PER_SEC`] sampled query lines a second, whatever the sample rate and
-/// the query rate: a flood must not fill the disk.
-const QUERY_LOG_PER_SEC: u64 = 100;
-
-#[derive(Default)]
-struct QueryLogBudget {
-    second: std::sync::atomic::AtomicU64,
-    used: std::sync::atomic::AtomicU64,
+    /// Observes every upstream exchange (dnstap's FORWARDER messages), for zones built later.
+    taps: Option<Arc<dyn ForwarderTaps>>,
 }
 
 /// What the miss path produced for a client: the answer's bytes, allocated at their exact size
@@ -209,24 +218,23 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; nodedns_wire::MAX_MESSAGE]);
 }
 
-impl Engine {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
+impl Resolver {
+    /// The resolver for `config`'s zones and cache, reporting to `events`, its upstream
+    /// exchanges observed by `taps`, on `clock`.
+    pub fn new(
+        config: &Config,
+        events: Arc<dyn ResolverEvents>,
+        taps: Option<Arc<dyn ForwarderTaps>>,
+        clock: Clock,
+    ) -> Arc<Self> {
         let registry = EndpointRegistry::new();
-        let dnstap = config.log.dnstap.as_ref().and_then(|c| match Dnstap::start(c, &metrics) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                // Logging must not stop serving.
-                warn!(error = %e, "cannot start the dnstap writer; serving without dnstap");
-                None
-            }
-        });
         let zones: Vec<Arc<Zone>> = config
             .zones
             .iter()
             .cloned()
-            .map(|z| Arc::new(Zone::new(z, &config.limits, &registry, dnstap.as_ref())))
+            .map(|z| Arc::new(Zone::new(z, &config.limits, &registry, taps.as_ref())))
             .collect();
-        metrics.zones(&zones);
+        events.zones_changed(&zones);
         Arc::new(Self {
             cache: Cache::new(CacheLimits {
                 max_bytes: config.cache.max_bytes,
@@ -237,8 +245,8 @@ impl Engine {
             registry,
             limits: config.limits.clone(),
             cache_config: RwLock::new(config.cache.clone()),
-            metrics,
-            epoch: std::time::Instant::now(),
+            events,
+            clock,
             fetches: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             max_inflight: config.limits.max_inflight,
@@ -246,22 +254,26 @@ impl Engine {
             upstream_answered: AtomicBool::new(false),
             split_warn: RateLimitedWarn::new(Duration::from_secs(10)),
             shed_warn: RateLimitedWarn::new(Duration::from_secs(10)),
-            query_log_rate: config.log.queries_sample_rate,
-            query_log_budget: QueryLogBudget::default(),
-            dnstap,
+            taps,
         })
     }
 
     /// Now, for the cache.
     #[inline]
     pub fn now(&self) -> Timestamp {
-        self.timestamp(std::time::Instant::now())
+        self.clock.now()
     }
 
-    /// `at` as a cache timestamp, for callers that already read the clock.
+    /// `at` as a cache timestamp, for callers that already read the clock (a UDP worker, once
+    /// per batch).
     #[inline]
     pub fn timestamp(&self, at: std::time::Instant) -> Timestamp {
-        Timestamp::from_millis(at.saturating_duration_since(self.epoch).as_millis() as u64)
+        self.clock.at(at)
+    }
+
+    /// Whether an upstream has answered since start.
+    pub fn upstream_answered(&self) -> bool {
+        self.upstream_answered.load(Relaxed)
     }
 
     pub fn zones(&self) -> Arc<Vec<Arc<Zone>>> {
@@ -275,7 +287,7 @@ impl Engine {
             .zones
             .iter()
             .cloned()
-            .map(|z| Arc::new(Zone::new(z, &self.limits, &self.registry, self.dnstap.as_ref())))
+            .map(|z| Arc::new(Zone::new(z, &self.limits, &self.registry, self.taps.as_ref())))
             .collect();
         // Keep discovered endpoints of zones whose discovery target did not change.
         for zone in &next {
@@ -289,7 +301,7 @@ impl Engine {
                 zone.pool.set_fallback(zone.config.upstreams.addrs());
             }
         }
-        self.metrics.zones(&next);
+        self.events.zones_changed(&next);
         *self.cache_config.write() = config.cache.clone();
         *self.zones.write() = Arc::new(next);
     }
@@ -333,7 +345,7 @@ impl Engine {
             && len > 3
             && out[3] & 0x0f == Rcode::ServFail as u8
         {
-            self.metrics.failure_answers.inc();
+            self.events.failure_answered();
         }
         hit
     }
@@ -358,49 +370,6 @@ impl Engine {
             .flatten()
     }
 
-    /// Whether sampled query logging is on (checked before any work on the hit path).
-    #[inline]
-    pub fn query_log_on(&self) -> bool {
-        self.query_log_rate > 0.0
-    }
-
-    /// Logs one answered query with probability `log.queries_sample_rate` (never a label in a
-    /// metric: qnames and clients go only to this sampled log).
-    #[inline]
-    pub fn sample_query_log(
-        &self,
-        client: Option<std::net::SocketAddr>,
-        proto: &'static str,
-        query: &Query<'_>,
-        response: &[u8],
-        result: &'static str,
-        elapsed: Duration,
-    ) {
-        if self.query_log_rate <= 0.0 || rand::random::<f64>() >= self.query_log_rate {
-            return;
-        }
-        let now = self.epoch.elapsed().as_secs();
-        let b = &self.query_log_budget;
-        if b.second.swap(now, Relaxed) != now {
-            b.used.store(0, Relaxed);
-        }
-        if b.used.fetch_add(1, Relaxed) >= QUERY_LOG_PER_SEC {
-            return;
-        }
-        let name = name_from_wire(query.qname_wire()).map(|n| n.to_ascii()).unwrap_or_default();
-        tracing::info!(
-            target: "nodedns::query",
-            client = ?client,
-            proto,
-            qname = %name,
-            qtype = query.qtype,
-            rcode = nodedns_wire::response_rcode_label(response),
-            cache = result,
-            micros = elapsed.as_micros() as u64,
-            "query"
-        );
-    }
-
     /// The miss path for one client query (owned packet). Everything it does for the query —
     /// the schema rule's SOA fetch, every upstream attempt, the pair wait — fits one deadline,
     /// the zone's `query_budget_ms` from now (issue #13: glibc gives up after 5 s).
@@ -408,7 +377,7 @@ impl Engine {
         let query = miss.query();
         let (key, member) = miss.cache_key();
         let decision = if self.waiting.load(Relaxed) >= self.max_inflight {
-            self.metrics.shed(ShedReason::Inflight);
+            self.events.shed(Shed::Inflight);
             if self.shed_warn.allow() {
                 warn!(limit = self.max_inflight, "shedding queries: too many waiting for upstream answers");
             }
@@ -417,9 +386,9 @@ impl Engine {
             Decision::StaleOrRefused
         } else {
             self.waiting.fetch_add(1, Relaxed);
-            self.metrics.inflight.inc();
+            self.events.waiting(1);
             let d = self.decide(&query, &key, member, Instant::now()).await;
-            self.metrics.inflight.dec();
+            self.events.waiting(-1);
             self.waiting.fetch_sub(1, Relaxed);
             d
         };
@@ -466,7 +435,7 @@ impl Engine {
                     }
                     Some((len, result, failure)) => {
                         if failure {
-                            self.metrics.failure_answers.inc();
+                            self.events.failure_answered();
                         }
                         // A fresh entry found after the upstream failed was filled by a fetch.
                         let result = match (result, &decision) {
@@ -521,7 +490,7 @@ impl Engine {
             // upstream about the name itself if no SOA can be had.
             let soa_deadline = received + zone.config.query_budget / 2;
             if let Some(answer) = self.synthesize_nxdomain(&zone, query, soa_deadline).await {
-                self.metrics.local_synthesized.with_label_values(&[&zone.label]).inc();
+                self.events.synthesized(&zone);
                 return Decision::Synthesized(Box::new(answer), zone.config.ttl);
             }
         }
@@ -541,7 +510,7 @@ impl Engine {
         match state {
             MemberState::Answered(f) => Decision::Fetched(f),
             MemberState::Failed(UpstreamError::Overloaded) => {
-                self.metrics.shed(ShedReason::UpstreamInflight);
+                self.events.shed(Shed::UpstreamInflight);
                 if self.shed_warn.allow() {
                     warn!(
                         limit = self.limits.max_upstream_inflight,
@@ -566,7 +535,7 @@ impl Engine {
             return;
         };
         if let Some(zone) = self.zone_for(&qname) {
-            self.metrics.prefetches.inc();
+            self.events.prefetch_started();
             drop(self.fetch(&zone, &key));
         }
     }
@@ -578,7 +547,7 @@ impl Engine {
         self.join_or_fetch(zone, key, None).unwrap_or_else(|| unreachable!("no recheck asked"))
     }
 
-    /// [`Engine::fetch`] for a miss of `recheck`: `None` when no fetch is running and the cache
+    /// [`Resolver::fetch`] for a miss of `recheck`: `None` when no fetch is running and the cache
     /// has a fresh answer for it after all (the fetch that filled it ended after the caller
     /// looked), so identical misses never cost a second upstream exchange.
     fn join_or_fetch(
@@ -617,7 +586,7 @@ impl Engine {
             UpstreamError::Failed { .. } => {
                 let failure = self.cache_config.read().failure;
                 if let Ok(FailureRecorded::Stored { .. }) = self.cache.insert_failure(key, &failure, self.now()) {
-                    self.metrics.failure_entries.inc();
+                    self.events.failure_entry_stored();
                 }
             }
             // Shed, every endpoint ejected (already failing fast, and re-admission must not
@@ -646,10 +615,9 @@ impl Engine {
             checking_disabled: fk.checking_disabled,
         };
         let policy = zone.config.ttl;
-        let bailiwick = &zone.config.name;
         match fk.kind {
             KeyKind::Single(qtype) => {
-                let state = match zone.pool.resolve(&question(qtype), bailiwick).await {
+                let state = match zone.resolve(&question(qtype)).await {
                     Ok(r) => {
                         let _ = self.cache.insert(&key, &r.answer, &policy, self.now());
                         // After the insert: readiness must not announce an answer not yet cached.
@@ -685,7 +653,6 @@ impl Engine {
         questions: (UpstreamQuestion<'_>, UpstreamQuestion<'_>),
     ) {
         let policy = zone.config.ttl;
-        let bailiwick = &zone.config.name;
         let (pair_wait, failure) = {
             let c = self.cache_config.read();
             (c.pair_wait, c.failure)
@@ -697,8 +664,8 @@ impl Engine {
         };
         let mut refetched = false;
         loop {
-            let mut fa = std::pin::pin!(zone.pool.resolve(&qa, bailiwick));
-            let mut fb = std::pin::pin!(zone.pool.resolve(&qaaaa, bailiwick));
+            let mut fa = std::pin::pin!(zone.resolve(&qa));
+            let mut fb = std::pin::pin!(zone.resolve(&qaaaa));
             let (first, first_result) = tokio::select! {
                 r = fa.as_mut() => (PairMember::A, r),
                 r = fb.as_mut() => (PairMember::Aaaa, r),
@@ -811,7 +778,7 @@ impl Engine {
         if matches!(error, UpstreamError::Failed { .. })
             && let Ok(ins) = self.cache.insert_pair_degraded(key, (member, &ok.answer), policy, failure, self.now())
         {
-            self.metrics.failure_entries.inc();
+            self.events.failure_entry_stored();
             ttl = ins.lifetime.secs();
         }
         publish(member.other(), MemberState::Failed(error));
@@ -845,7 +812,7 @@ impl Engine {
                         .insert_pair_degraded(key, (member, &first_answer), policy, failure, self.now())
                         .is_ok()
                 {
-                    self.metrics.failure_entries.inc();
+                    self.events.failure_entry_stored();
                 }
                 publish(member.other(), MemberState::Failed(error));
             }
