@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hickory_proto::rr::Name;
 use nodedns_upstream::ExchangeObserver;
 
-use crate::resolver::Zone;
+use crate::zone::Zone;
 
 /// How a query was answered, for the duration histogram and the query log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
