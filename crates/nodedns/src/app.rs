@@ -55,15 +55,16 @@ pub struct AppOptions {
     pub config_path: Option<PathBuf>,
     /// When the process started: start-to-ready is logged from it.
     pub started: Instant,
-    /// `--admin-listen` replaced `admin.listen`: a reload does not warn about the file's value.
-    pub admin_listen_from_cli: bool,
+    /// The command line's replacements of config file values (`--admin-listen`), applied again
+    /// to every reloaded file: a reload neither reverts them nor warns about the file's value.
+    pub overrides: nodedns_config::change::CliOverrides,
     /// Enables `/debug/stall` (tests only).
     pub test_hooks: bool,
 }
 
 impl AppOptions {
     pub fn new(config_path: Option<PathBuf>) -> Self {
-        Self { config_path, started: Instant::now(), admin_listen_from_cli: false, test_hooks: false }
+        Self { config_path, started: Instant::now(), overrides: Default::default(), test_hooks: false }
     }
 }
 
@@ -443,6 +444,7 @@ impl App {
                     engine.clone(),
                     self.metrics.clone(),
                     stop.clone(),
+                    self.opts.overrides.clone(),
                 ),
             );
         }

@@ -25,8 +25,8 @@ pub struct RunOptions {
     /// Admin HTTP on a unix socket that belongs to this pod (`--admin-socket`): what the
     /// kubelet's exec probes ask, so that they reach this process and never a neighbour.
     pub admin_socket: Option<PathBuf>,
-    /// `--admin-listen` replaced `admin.listen`.
-    pub admin_listen_from_cli: bool,
+    /// The command line's replacements of config file values, applied again on every reload.
+    pub overrides: crate::config::change::CliOverrides,
 }
 
 /// An app with its sockets, ready to serve once `main` has dropped privileges.
@@ -71,7 +71,7 @@ pub async fn prepare(
     let app_opts = AppOptions {
         config_path: opts.config_path,
         started: opts.started,
-        admin_listen_from_cli: opts.admin_listen_from_cli,
+        overrides: opts.overrides,
         test_hooks: std::env::var("NODEDNS_TEST_HOOKS").is_ok_and(|v| v == "1"),
     };
     let mut app = App::new(config, metrics, app_opts);

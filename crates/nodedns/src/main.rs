@@ -116,6 +116,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_USAGE);
                 }
             };
+            let mut overrides = nodedns::config::change::CliOverrides::default();
             if !admin_listen.is_empty() {
                 let mut addrs = Vec::new();
                 for a in &admin_listen {
@@ -127,15 +128,12 @@ fn main() -> ExitCode {
                         }
                     }
                 }
-                cfg.admin.listen = addrs;
+                overrides.admin_listen = Some(addrs);
             }
+            overrides.apply(&mut cfg);
             nodedns::logging::init(&cfg.log);
-            let opts = nodedns::daemon::RunOptions {
-                config_path: config,
-                started: process_started,
-                admin_socket,
-                admin_listen_from_cli: !admin_listen.is_empty(),
-            };
+            let opts =
+                nodedns::daemon::RunOptions { config_path: config, started: process_started, admin_socket, overrides };
             match run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

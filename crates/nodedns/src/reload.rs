@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{error, info, warn};
 
+use crate::config::change::{CliOverrides, classify, restart_keys};
 use crate::config::{Config, KubeDnsConfigMap};
 use crate::kubedns::{KubeDns, KubeDnsError, Snapshot};
 use crate::metrics::Metrics;
@@ -111,6 +112,7 @@ pub fn start(base: &Config, metrics: &Metrics) -> (Config, KubeDnsState) {
 
 /// Watches the config file at `path` (`base` is its content as loaded) and the kube-dns ConfigMap
 /// (`kube`, from [`start`]), reconfiguring `engine` whenever the merged result changes.
+/// `overrides` (the command line's replacements of file values) are applied to every file read.
 pub async fn watch_from(
     path: PathBuf,
     mut base: Config,
@@ -118,6 +120,7 @@ pub async fn watch_from(
     engine: Arc<Resolver>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
+    overrides: CliOverrides,
 ) {
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut last = std::fs::read(&path).ok();
@@ -136,9 +139,10 @@ pub async fn watch_from(
             if forced || content != last {
                 last = content;
                 match Config::load(&path) {
-                    Ok(next) => {
+                    Ok(mut next) => {
+                        overrides.apply(&mut next);
                         if next != base {
-                            warn_restart_keys(&base, &next);
+                            warn_restart_keys(&base, &next, &overrides);
                             if next.kube_dns_configmap != base.kube_dns_configmap {
                                 kube_tick = kube_interval(&next);
                             }
@@ -189,18 +193,13 @@ fn apply(
     *serving = next;
 }
 
-fn warn_restart_keys(current: &Config, next: &Config) {
-    for (what, changed) in [
-        ("listen", next.listen != current.listen),
-        ("admin", next.admin != current.admin),
-        ("node", next.node != current.node),
-        ("limits", next.limits != current.limits),
-        ("cache.max_bytes", next.cache.max_bytes != current.cache.max_bytes),
-        ("log.dnstap", next.log.dnstap != current.log.dnstap),
-    ] {
-        if changed {
-            warn!(key = what, "config change needs a restart to take effect; the rest is applied now");
-        }
+/// One warning naming every key of this reload that only a restart applies (the reload contract:
+/// [`crate::config::change`]); the rest is applied by the caller.
+fn warn_restart_keys(current: &Config, next: &Config, overrides: &CliOverrides) {
+    let changes = classify(current, next, overrides);
+    let keys = restart_keys(&changes);
+    if !keys.is_empty() {
+        warn!(keys = %keys.join(", "), "config change needs a restart to take effect; the rest is applied now");
     }
 }
 
