@@ -1,8 +1,10 @@
 //! Configuration: YAML → [`raw::RawConfig`] (plain data) → validated [`Config`].
 //!
-//! Validation collects every problem at once, each with its key path and line, because a typo in
-//! a ConfigMap must fail loudly and completely rather than one error per rollout.
-//! [`kubedns`] translates the kube-dns ConfigMap into zones merged into a [`Config`].
+//! Validation (`validate/`, one file per section) collects every problem at once, each with its
+//! key path and line, because a typo in a ConfigMap must fail loudly and completely rather than
+//! one error per rollout. [`kubedns`] translates the kube-dns ConfigMap into zones merged into a
+//! [`Config`]; [`change`] says, for every key a reload changes, whether it applies live or needs
+//! a restart.
 #![forbid(unsafe_code)]
 
 pub mod change;
