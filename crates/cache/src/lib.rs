@@ -26,7 +26,7 @@ pub use key::{
     CLASS_IN, CacheKey, KeyKind, LowerName, MAX_LABEL_LEN, MAX_NAME_LEN, Member, NameError, PairMember, TYPE_A,
     TYPE_AAAA, lowercase_into,
 };
-pub use store::{Cache, CacheCounters, CacheLimits, FailurePolicy, FailureRecorded, InsertError, Inserted};
+pub use store::{Cache, CacheCounters, CacheLimits, CapKind, FailurePolicy, FailureRecorded, InsertError, Inserted};
 pub use ttl::{Timestamp, Ttl, TtlPolicy};
 
 #[cfg(test)]

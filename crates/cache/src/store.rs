@@ -294,6 +294,22 @@ pub enum FailureRecorded {
     FreshKept,
 }
 
+/// What a cached member is, for [`Cache::cap_ttl`]: each has its own ceiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapKind {
+    /// An answer with data (`max_ttl_secs`).
+    Positive,
+    /// NXDOMAIN or NODATA (`denial_max_ttl_secs`, RFC 2308 §5).
+    Denial,
+    /// A cached resolution failure (RFC 9520, `failure_max_ttl_secs`).
+    Failure,
+}
+
+/// Whether a stored response is a denial: NXDOMAIN, or NOERROR without answer records (NODATA).
+fn is_denial(msg: &[u8]) -> bool {
+    msg.len() >= 12 && (msg[3] & 0x0f == 3 || u16::from_be_bytes([msg[6], msg[7]]) == 0)
+}
+
 /// The outcome of an insert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Inserted {
@@ -327,6 +343,8 @@ pub struct Cache {
     shard_mask: u64,
     shard_budget: usize,
     limits: CacheLimits,
+    /// `limits.max_stale` in seconds, changed by a reload ([`Cache::set_max_stale`]).
+    max_stale_secs: AtomicU32,
     hasher: foldhash::fast::FixedState,
     entries: AtomicU64,
     bytes: AtomicU64,
@@ -341,6 +359,7 @@ impl Cache {
             shard_mask: shards as u64 - 1,
             shard_budget: limits.max_bytes / shards,
             limits,
+            max_stale_secs: AtomicU32::new(limits.max_stale.secs()),
             // A fixed seed keeps shard placement stable across runs; the keys are not attacker
             // controlled enough to matter: hashbrown copes with collisions, and shards are many.
             hasher: foldhash::fast::FixedState::with_seed(0x6e6f_6465_646e_7321),
@@ -350,8 +369,69 @@ impl Cache {
         }
     }
 
+    /// The limits in force (`max_stale` as last set).
     pub fn limits(&self) -> CacheLimits {
-        self.limits
+        CacheLimits { max_stale: self.max_stale(), ..self.limits }
+    }
+
+    /// How long past expiry an entry may still be served stale, now.
+    #[inline]
+    fn max_stale(&self) -> Ttl {
+        Ttl::from_secs(self.max_stale_secs.load(Relaxed))
+    }
+
+    /// Changes the stale window (`cache.max_stale_secs` reloaded). It applies to entries already
+    /// stored: the window is measured from each entry's expiry at every lookup, so a shorter one
+    /// makes older stale entries dead (evicted first) at once, a longer one keeps them servable
+    /// if not yet evicted.
+    pub fn set_max_stale(&self, max_stale: Ttl) {
+        self.max_stale_secs.store(max_stale.secs(), Relaxed);
+    }
+
+    /// Caps the remaining lifetime of every fresh entry at the ceiling `ceiling` gives for it
+    /// (a lowered TTL ceiling reloaded: an operator who lowers it to get rid of a bad record must
+    /// not wait out the old TTL). `ceiling(name, kind)` is asked once per member with the entry's
+    /// name (lower-case wire form) and what the member is; `None` leaves the member uncapped. A
+    /// pair keeps one expiry: it is capped at the lower of its members' ceilings. A capped entry
+    /// is treated as stored now with the ceiling as its lifetime (its prefetch window and age
+    /// follow), and answers rendered from it show the lowered TTL, since served TTLs are the
+    /// remaining lifetime. Expired (stale) entries are left alone: they are already served with
+    /// [`STALE_TTL`]. Walks each shard once under its write lock; allocates nothing. Returns the
+    /// number of entries capped.
+    pub fn cap_ttl(&self, now: Timestamp, mut ceiling: impl FnMut(&[u8], CapKind) -> Option<Ttl>) -> usize {
+        let mut capped = 0;
+        for cell in self.shards.iter() {
+            let mut shard = cell.0.write();
+            for slot in shard.table.iter_mut() {
+                if now >= slot.expires_at {
+                    continue;
+                }
+                let mut lowest: Option<Ttl> = None;
+                for i in 0..2 {
+                    let Some((msg, _)) = slot.member(i) else { break };
+                    let kind = if is_failure_message(msg) {
+                        CapKind::Failure
+                    } else if is_denial(msg) {
+                        CapKind::Denial
+                    } else {
+                        CapKind::Positive
+                    };
+                    if let Some(c) = ceiling(slot.name(), kind) {
+                        lowest = Some(lowest.map_or(c, |l| l.min(c)));
+                    }
+                }
+                let Some(max) = lowest else { continue };
+                if slot.expires_at.millis_since(now) > max.secs() as u64 * 1000 {
+                    slot.expires_at = now.add_secs(max.secs());
+                    slot.lifetime = max;
+                    // A fresh entry's counter is its hits (the prefetch threshold), kept; the
+                    // refresh claim is cleared so the shortened entry can still be prefetched.
+                    slot.state.fetch_and(!REFRESH_CLAIMED, Relaxed);
+                    capped += 1;
+                }
+            }
+        }
+        capped
     }
 
     /// Entries currently stored (fresh or stale).
@@ -393,7 +473,7 @@ impl Cache {
                     refresh_due: !is_failure_message(message) && self.claim_refresh(slot, remaining_ms),
                 },
             )
-        } else if slot.is_dead(now, self.limits.max_stale) || is_failure_message(message) {
+        } else if slot.is_dead(now, self.max_stale()) || is_failure_message(message) {
             // A failure entry is never served stale: once expired it only remembers its backoff.
             return None;
         } else {
@@ -482,7 +562,7 @@ impl Cache {
             let shard = self.shard_of(hash).read();
             match shard.find(hash, key) {
                 Some(slot) if now < slot.expires_at && !slot.has_failure() => return Ok(FailureRecorded::FreshKept),
-                Some(slot) if !slot.has_failure() && !slot.is_dead(now, self.limits.max_stale) => {
+                Some(slot) if !slot.has_failure() && !slot.is_dead(now, self.max_stale()) => {
                     // RFC 8767: stale data keeps being served; the refresh waits like a new
                     // failure would, doubling per failed refresh.
                     let prev = slot
@@ -500,7 +580,7 @@ impl Cache {
                     return Ok(FailureRecorded::StaleKept { retry_in });
                 }
                 // The previous failure entry, fresh or expired: the failure repeats.
-                Some(slot) if slot.has_failure() && !slot.is_dead(now, self.limits.max_stale) => {
+                Some(slot) if slot.has_failure() && !slot.is_dead(now, self.max_stale()) => {
                     slot.state.load(Relaxed) as u32 >> BACKOFF_SHIFT
                 }
                 _ => 0,
@@ -539,7 +619,7 @@ impl Cache {
         let stale_other = {
             let hash = key.hash_with(&self.hasher);
             let shard = self.shard_of(hash).read();
-            shard.find(hash, key).filter(|s| !s.is_dead(now, self.limits.max_stale)).and_then(|s| {
+            shard.find(hash, key).filter(|s| !s.is_dead(now, self.max_stale())).and_then(|s| {
                 let (msg, offsets) = s.member(other.member().index())?;
                 (!is_failure_message(msg)).then(|| CacheableAnswer {
                     message: msg.to_vec(),
@@ -623,7 +703,7 @@ impl Cache {
             shard.blob_bytes = shard.blob_bytes - old + new;
         } else {
             // Make room first, counting the bucket this insert takes.
-            while shard.bytes() + need > self.shard_budget && shard.evict_one(now, self.limits.max_stale, None) {
+            while shard.bytes() + need > self.shard_budget && shard.evict_one(now, self.max_stale(), None) {
                 evicted += 1;
             }
             shard.blob_bytes += slot.bytes();
@@ -632,7 +712,7 @@ impl Cache {
             // one) until the shard is back under its budget.
             while shard.bytes() > self.shard_budget
                 && shard.table.len() > 1
-                && shard.evict_one(now, self.limits.max_stale, Some(hash))
+                && shard.evict_one(now, self.max_stale(), Some(hash))
             {
                 evicted += 1;
             }
@@ -692,7 +772,7 @@ impl Cache {
         for cell in self.shards.iter() {
             let shard = cell.0.read();
             for slot in shard.table.iter() {
-                if slot.is_dead(now, self.limits.max_stale) {
+                if slot.is_dead(now, self.max_stale()) {
                     continue;
                 }
                 let remaining = slot.expires_at.as_millis() as i64 - now.as_millis() as i64;
@@ -741,7 +821,7 @@ impl Cache {
         } else {
             Timestamp::from_millis(now.as_millis().saturating_sub(remaining.unsigned_abs()))
         };
-        if now >= expires_at.add_secs(self.limits.max_stale.secs()) {
+        if now >= expires_at.add_secs(self.max_stale().secs()) {
             return Err(bad());
         }
         self.store_blob(&key, blob.into(), lifetime, expires_at, if split { SPLIT } else { 0 }, now)

@@ -2,6 +2,8 @@
 
 use super::*;
 
+const TYPE_TXT: u16 = 16;
+
 const NAME: &[u8] = b"\x01a\x02ns\x03svc\x07cluster\x05local\x00";
 
 fn policy() -> TtlPolicy {
@@ -540,4 +542,97 @@ fn failure_entries_count_against_max_bytes() {
     c.insert_failure(&k, &p, Timestamp::from_secs(0)).unwrap();
     assert!(c.bytes() > before);
     assert_eq!(c.entries(), 1);
+}
+
+/// A positive answer whose header counts its answer records, as real responses do (the fake
+/// `positive` leaves ANCOUNT 0, which [`Cache::cap_ttl`] would take for NODATA).
+fn positive_counted(ttl: u32) -> CacheableAnswer {
+    let mut a = positive(ttl);
+    a.message[7] = a.ttl_offsets.len() as u8;
+    a
+}
+
+/// One ceiling per kind, for every name.
+fn ceilings(positive: u32, denial: u32, failure: u32) -> impl FnMut(&[u8], CapKind) -> Option<Ttl> {
+    move |name, kind| {
+        assert_eq!(name, NAME);
+        Some(Ttl::from_secs(match kind {
+            CapKind::Positive => positive,
+            CapKind::Denial => denial,
+            CapKind::Failure => failure,
+        }))
+    }
+}
+
+#[test]
+fn a_lowered_ceiling_caps_cached_entries_at_once() {
+    let c = cache();
+    let t0 = Timestamp::from_secs(1000);
+    let (k, _) = key(TYPE_A);
+    c.insert_pair(&k, &positive_counted(3000), &positive_counted(3000), &policy(), t0).unwrap();
+    let t1 = t0.add_secs(100);
+    assert_eq!(served(&c, TYPE_A, t1).unwrap().0, 2900);
+
+    // Ceiling 60: both members show 60 at once and still share one expiry.
+    assert_eq!(c.cap_ttl(t1, ceilings(60, 1800, 30)), 1);
+    let (ttl_a, fresh, fields_a) = served(&c, TYPE_A, t1).unwrap();
+    let (ttl_q, _, fields_q) = served(&c, TYPE_AAAA, t1).unwrap();
+    assert_eq!((ttl_a, ttl_q), (60, 60));
+    assert_eq!((fields_a, fields_q), (vec![60, 60], vec![60, 60]));
+    assert!(matches!(fresh, Freshness::Fresh { .. }));
+    assert_eq!(served(&c, TYPE_A, t1.add_secs(59)).unwrap().0, 1);
+    assert!(matches!(served(&c, TYPE_A, t1.add_secs(61)).unwrap().1, Freshness::Stale { .. }));
+
+    // A ceiling above what remains changes nothing; so does a second call.
+    let c2 = cache();
+    c2.insert_pair(&k, &positive_counted(30), &positive_counted(30), &policy(), t0).unwrap();
+    assert_eq!(c2.cap_ttl(t0, ceilings(60, 1800, 30)), 0);
+    assert_eq!(served(&c2, TYPE_A, t0).unwrap().0, 30);
+}
+
+#[test]
+fn each_kind_is_capped_at_its_own_ceiling_and_stale_entries_are_left_alone() {
+    let t0 = Timestamp::from_secs(1000);
+    // A denial is capped at the denial ceiling, not the positive one.
+    let c = cache();
+    let (k, _) = key(TYPE_TXT);
+    c.insert(&k, &denial(true, 900, 900), &policy(), t0).unwrap();
+    assert_eq!(c.cap_ttl(t0, ceilings(10, 100, 30)), 1);
+    assert_eq!(served(&c, TYPE_TXT, t0).unwrap().0, 100);
+
+    // A failure entry follows the failure ceiling (cache.failure_max_ttl_secs lowered).
+    let c = cache();
+    let long = FailurePolicy { initial: Ttl::from_secs(40), max: Ttl::from_secs(300) };
+    c.insert_failure(&k, &long, t0).unwrap();
+    assert_eq!(c.cap_ttl(t0, ceilings(3600, 1800, 5)), 1);
+    let (ttl, _, _) = served(&c, TYPE_TXT, t0).unwrap();
+    assert_eq!(ttl, 5);
+
+    // `None`: uncapped (a name outside every zone whose ceiling changed).
+    let c = cache();
+    c.insert(&k, &positive_counted(3000), &policy(), t0).unwrap();
+    assert_eq!(c.cap_ttl(t0, |_, _| None), 0);
+    assert_eq!(served(&c, TYPE_TXT, t0).unwrap().0, 3000);
+
+    // An expired entry keeps its stale window, measured from its own expiry.
+    let c = cache();
+    c.insert(&k, &positive_counted(10), &policy(), t0).unwrap();
+    let later = t0.add_secs(20);
+    assert_eq!(c.cap_ttl(later, ceilings(1, 1, 1)), 0);
+    assert!(matches!(served(&c, TYPE_TXT, later).unwrap().1, Freshness::Stale { expired_for_secs: 10, .. }));
+}
+
+#[test]
+fn the_stale_window_changes_at_runtime() {
+    let c = cache();
+    let t0 = Timestamp::from_secs(1000);
+    let (k, _) = key(TYPE_TXT);
+    c.insert(&k, &positive_counted(10), &policy(), t0).unwrap();
+    let later = t0.add_secs(10 + 600);
+    assert!(matches!(served(&c, TYPE_TXT, later).unwrap().1, Freshness::Stale { .. }));
+    c.set_max_stale(Ttl::from_secs(300));
+    assert_eq!(c.limits().max_stale.secs(), 300);
+    assert!(served(&c, TYPE_TXT, later).is_none(), "past the shortened stale window");
+    c.set_max_stale(Ttl::from_secs(7200));
+    assert!(matches!(served(&c, TYPE_TXT, later).unwrap().1, Freshness::Stale { .. }), "not evicted yet");
 }
