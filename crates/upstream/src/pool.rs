@@ -109,6 +109,9 @@ impl EndpointRegistry {
     pub fn get(&self, addr: SocketAddr, config: &PoolConfig) -> Arc<EndpointState> {
         let mut states = self.states.lock();
         if let Some(s) = states.get(&addr).and_then(|w| w.upgrade()) {
+            // Zones sharing an endpoint share its connections: the one asking for most gets
+            // them (see [`EndpointRegistry::set_tcp_connections`]).
+            s.tcp.grow_to(config.tcp_connections);
             return s;
         }
         states.retain(|_, w| w.strong_count() > 0);
@@ -118,6 +121,38 @@ impl EndpointRegistry {
         });
         states.insert(addr, Arc::downgrade(&s));
         s
+    }
+}
+
+impl EndpointRegistry {
+    /// Applies reloaded `tcp_connections` to the endpoints `pools` use (endpoints and fallback):
+    /// each gets the largest count any pool using it asks for. Zones sharing an endpoint share
+    /// its connections, so a zone asking for fewer does not take them from one that asked for
+    /// more (fewer connections would queue that zone's queries behind each other's). Shrinking
+    /// lets the excess connections finish their queries before they close.
+    pub fn set_tcp_connections<'p>(&self, pools: impl IntoIterator<Item = &'p UpstreamPool>) {
+        let mut wanted: std::collections::HashMap<SocketAddr, (Arc<EndpointState>, usize)> =
+            std::collections::HashMap::new();
+        for pool in pools {
+            let n = pool.config.tcp_connections;
+            for state in pool.endpoints().iter().chain(pool.fallback().iter()) {
+                let e = wanted.entry(state.endpoint.addr).or_insert_with(|| (state.clone(), n));
+                e.1 = e.1.max(n);
+            }
+        }
+        for (state, n) in wanted.into_values() {
+            if state.tcp.size() != n {
+                state.tcp.resize(n);
+            }
+        }
+    }
+}
+
+impl EndpointState {
+    /// How many TCP connections this endpoint keeps (`tcp_connections`, the largest asked by
+    /// the zones using it).
+    pub fn tcp_connections(&self) -> usize {
+        self.tcp.size()
     }
 }
 

@@ -208,7 +208,13 @@ async fn read_loop(read: OwnedReadHalf, conn: Arc<TcpConn>, endpoint: Arc<Endpoi
 /// A fixed number of connection slots to one endpoint, connected lazily and re-opened with
 /// backoff after failures.
 pub(crate) struct TcpPool {
-    slots: Vec<tokio::sync::Mutex<Slot>>,
+    /// Every slot the pool may ever use ([`MAX_SLOTS`], or the size asked at construction if
+    /// larger); only the first `active` are used. Allocated up front so a reload can resize the
+    /// pool without swapping the slot array under queries that hold a slot's lock.
+    slots: Arc<[tokio::sync::Mutex<Slot>]>,
+    /// How many slots are in use (`tcp_connections`), changed by [`TcpPool::resize`]; shared
+    /// with the task that retires the connections of slots a shrink took out of use.
+    active: Arc<AtomicUsize>,
     next: AtomicUsize,
     connect_timeout: Duration,
     max_pending: usize,
@@ -221,13 +227,19 @@ struct Slot {
     retry_after: Option<Instant>,
 }
 
+/// The most connections a pool can be resized to without being rebuilt: the ceiling config
+/// validation puts on `tcp_connections`.
+pub(crate) const MAX_SLOTS: usize = 64;
+
 const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
 impl TcpPool {
     pub(crate) fn new(size: usize, connect_timeout: Duration, max_pending: usize) -> Self {
+        let size = size.max(1);
         Self {
-            slots: (0..size.max(1)).map(|_| tokio::sync::Mutex::new(Slot::default())).collect(),
+            slots: (0..size.max(MAX_SLOTS)).map(|_| tokio::sync::Mutex::new(Slot::default())).collect(),
+            active: Arc::new(AtomicUsize::new(size)),
             next: AtomicUsize::new(0),
             connect_timeout,
             max_pending,
@@ -238,7 +250,7 @@ impl TcpPool {
     /// slot only when every open connection already has queries outstanding.
     pub(crate) async fn conn(&self, endpoint: &Arc<Endpoint>) -> Result<Arc<TcpConn>, ErrorKind> {
         let start = self.next.fetch_add(1, Relaxed);
-        let n = self.slots.len();
+        let n = self.size();
         let mut best: Option<Arc<TcpConn>> = None;
         let mut empty_slot = None;
         for i in 0..n {
@@ -292,9 +304,64 @@ impl TcpPool {
         }
     }
 
+    /// The number of connections the pool keeps (`tcp_connections`).
+    pub(crate) fn size(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+
+    /// Changes the number of connections (`tcp_connections` reloaded). Growing lets more slots
+    /// be connected, lazily as for a new pool. Shrinking takes the slots beyond the new size out
+    /// of use at once (no new query picks them); their connections are retired: each closes once
+    /// its outstanding queries are answered, at the latest after one query timeout (when every
+    /// one of them has given up anyway), so a reload never fails a query in flight.
+    pub(crate) fn resize(&self, size: usize) {
+        let size = size.clamp(1, self.slots.len());
+        let before = self.active.swap(size, Relaxed);
+        if before <= size {
+            return;
+        }
+        let (slots, active, timeout) = (self.slots.clone(), self.active.clone(), self.connect_timeout);
+        let retire_excess = async move {
+            for idx in size..before {
+                let mut slot = slots[idx].lock().await;
+                // Grown back meanwhile: the slot is in use again.
+                if idx < active.load(Relaxed) {
+                    continue;
+                }
+                let conn = slot.conn.take();
+                *slot = Slot::default();
+                drop(slot);
+                if let Some(conn) = conn {
+                    retire(conn, timeout);
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(retire_excess);
+            }
+            // Outside a runtime no query can be in flight: close at once.
+            Err(_) => {
+                for slot in self.slots[size..before].iter() {
+                    if let Ok(mut s) = slot.try_lock()
+                        && let Some(c) = s.conn.take()
+                    {
+                        c.close();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Grows the pool to at least `size` connections (another zone sharing the endpoint asks
+    /// for more).
+    pub(crate) fn grow_to(&self, size: usize) {
+        self.active.fetch_max(size.clamp(1, self.slots.len()), Relaxed);
+    }
+
     /// Opens every slot now, so the first queries do not pay for the handshake.
     pub(crate) async fn warm(&self, endpoint: &Arc<Endpoint>) {
-        for slot in &self.slots {
+        for slot in self.slots.iter().take(self.size()) {
             let mut slot = slot.lock().await;
             if slot.conn.as_ref().is_none_or(|c| !c.is_usable())
                 && let Ok(c) = TcpConn::connect(endpoint, self.connect_timeout, self.max_pending).await
@@ -306,7 +373,7 @@ impl TcpPool {
 
     /// Closes every connection (endpoint removed or shutting down).
     pub(crate) async fn close_all(&self) {
-        for slot in &self.slots {
+        for slot in self.slots.iter() {
             if let Some(c) = slot.lock().await.conn.take() {
                 c.close();
             }
@@ -314,11 +381,27 @@ impl TcpPool {
     }
 }
 
+/// How often a retired connection checks whether its last query was answered.
+const RETIRE_POLL: Duration = Duration::from_millis(20);
+
+/// Closes `conn` once nothing is outstanding on it, at the latest after `timeout` (the query
+/// timeout: by then every query on it has given up). Runs inside the runtime (from the task of
+/// [`TcpPool::resize`]).
+fn retire(conn: Arc<TcpConn>, timeout: Duration) {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + timeout;
+        while conn.is_usable() && conn.pending_len() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(RETIRE_POLL).await;
+        }
+        conn.close();
+    });
+}
+
 impl Drop for TcpPool {
     /// The last pool using an endpoint is gone (zone removed, endpoint no longer discovered):
     /// close its connections instead of leaving them to the peer's idle timeout.
     fn drop(&mut self) {
-        for slot in &self.slots {
+        for slot in self.slots.iter() {
             if let Ok(mut s) = slot.try_lock()
                 && let Some(c) = s.conn.take()
             {

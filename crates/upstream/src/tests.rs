@@ -425,3 +425,90 @@ async fn the_observer_sees_each_query_sent_and_response_received() {
         assert_eq!(pair[1].3[2] & 0x80, 0x80, "QR set in the response");
     }
 }
+
+fn shared_pool(registry: &Arc<EndpointRegistry>, addr: SocketAddr, conns: usize) -> Arc<UpstreamPool> {
+    Arc::new(UpstreamPool::with_registry(
+        &[addr],
+        PoolConfig {
+            transport: Transport::Tcp,
+            tcp_connections: conns,
+            query_timeout: Duration::from_millis(2000),
+            ..PoolConfig::default()
+        },
+        registry.clone(),
+    ))
+}
+
+/// Resolves `n` slow names at once; returns when all are answered, with whether all succeeded.
+async fn slow_burst(p: &Arc<UpstreamPool>, n: usize) -> Vec<tokio::task::JoinHandle<bool>> {
+    (0..n)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let w = wire(&format!("slow{i}.example"));
+                p.resolve(&q(&w, 1), &Name::root()).await.is_ok()
+            })
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn tcp_connections_of_a_kept_endpoint_grow_and_shrink_without_losing_queries() {
+    let up = FakeUpstream::start();
+    for i in 0..3 {
+        up.answer(&format!("slow{i}.example"), RecordType::A, &["10.0.0.1"], 30);
+        up.behaviour(&format!("slow{i}.example"), RecordType::A, Behaviour::Delay(Duration::from_millis(400)));
+    }
+    let registry = EndpointRegistry::new();
+    let old = shared_pool(&registry, up.addr(), 1);
+    assert_eq!(old.endpoints()[0].tcp_connections(), 1);
+
+    // Reload: the zone now asks for 3; the endpoint (kept in the registry) grows.
+    let grown = shared_pool(&registry, up.addr(), 3);
+    registry.set_tcp_connections([&*grown]);
+    drop(old);
+    assert_eq!(grown.endpoints()[0].tcp_connections(), 3);
+    let burst = slow_burst(&grown, 3).await;
+    wait_until("3 connections", || up.open_tcp_connections() == 3).await;
+
+    // Reload to 1 while the three slow queries are outstanding, one on each connection: none
+    // is lost, and the two excess connections close once their query is answered.
+    let shrunk = shared_pool(&registry, up.addr(), 1);
+    registry.set_tcp_connections([&*shrunk]);
+    drop(grown);
+    assert_eq!(shrunk.endpoints()[0].tcp_connections(), 1);
+    for t in burst {
+        assert!(t.await.unwrap(), "a query in flight failed across the shrink");
+    }
+    wait_until("1 connection", || up.open_tcp_connections() == 1).await;
+    assert_eq!(up.tcp_connections_accepted(), 3);
+    // New queries use the one remaining connection.
+    for t in slow_burst(&shrunk, 3).await {
+        assert!(t.await.unwrap());
+    }
+    assert_eq!(up.tcp_connections_accepted(), 3);
+}
+
+#[tokio::test]
+async fn zones_sharing_an_endpoint_get_the_largest_count_asked() {
+    let up = FakeUpstream::start();
+    let registry = EndpointRegistry::new();
+    let a = shared_pool(&registry, up.addr(), 2);
+    let b = shared_pool(&registry, up.addr(), 5);
+    // Built at startup: the second zone's larger count wins.
+    assert_eq!(a.endpoints()[0].tcp_connections(), 5);
+    // Reload: the second zone now asks for 3, the first still 2: 3.
+    let b_next = shared_pool(&registry, up.addr(), 3);
+    drop(b);
+    registry.set_tcp_connections([&*a, &*b_next]);
+    assert_eq!(a.endpoints()[0].tcp_connections(), 3);
+    assert!(Arc::ptr_eq(&a.endpoints()[0], &b_next.endpoints()[0]));
+}
