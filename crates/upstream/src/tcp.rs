@@ -287,6 +287,12 @@ impl TcpPool {
             return best.ok_or(ErrorKind::Connect);
         }
         match TcpConn::connect(endpoint, self.connect_timeout, self.max_pending).await {
+            // A shrink took this slot out of use while it was connecting (its retiring task may
+            // already have passed it): serve this query, then close.
+            Ok(c) if idx >= self.size() => {
+                retire(c.clone(), self.connect_timeout);
+                Ok(c)
+            }
             Ok(c) => {
                 slot.conn = Some(c.clone());
                 slot.failures = 0;
