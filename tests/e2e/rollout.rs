@@ -137,8 +137,9 @@ fn reload_applies_new_ttls_and_upstreams_keeps_the_cache_and_rejects_bad_files()
         std::thread::sleep(Duration::from_millis(100));
     }
     let hits_before = d.metric("nodedns_cache_hits_total");
-    // The cache is still warm: the cached name is a hit and never reaches the new upstream.
-    assert!(ttl("cached.example") > 10);
+    // The cache is still warm: the cached name is a hit and never reaches the new upstream, and
+    // the lowered ceiling caps it at once (tests/e2e/reload.rs covers that key by key).
+    assert!(ttl("cached.example") <= 10);
     assert_eq!(b.query_count("cached.example", RecordType::A), 0);
     // Workers count a batch's hits after sending it: give the counter a moment.
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -100,8 +100,13 @@ impl Daemon {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .env("RUST_LOG", std::env::var("NODEDNS_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        // An empty value removes the variable (`("RUST_LOG", "")`: the config's `log.level` rules).
         for (k, v) in env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let child = cmd.spawn().expect("spawn nodedns");
         Daemon { child: Some(child), dns, admin, dir, config_path, log_path }

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminListener, AdminState};
 use crate::config::Config;
 use crate::dnstap::{Dnstap, DnstapTaps};
+use crate::logging::LogControl;
 use crate::metrics::{CacheSample, Metrics, ScrapeSample, ScrapedCollector, upstream_sample};
 use crate::querylog::QueryLog;
 use crate::readiness::{Phase, Readiness};
@@ -60,11 +61,19 @@ pub struct AppOptions {
     pub overrides: nodedns_config::change::CliOverrides,
     /// Enables `/debug/stall` (tests only).
     pub test_hooks: bool,
+    /// Changes `log.level` on reload (from [`crate::logging::init`]; the default controls nothing).
+    pub log: LogControl,
 }
 
 impl AppOptions {
     pub fn new(config_path: Option<PathBuf>) -> Self {
-        Self { config_path, started: Instant::now(), overrides: Default::default(), test_hooks: false }
+        Self {
+            config_path,
+            started: Instant::now(),
+            overrides: Default::default(),
+            test_hooks: false,
+            log: LogControl::default(),
+        }
     }
 }
 
@@ -142,6 +151,8 @@ impl BackgroundTasks {
 pub struct App {
     /// The config file's content as loaded (reload compares against it).
     config: Config,
+    /// The merged config in force (the file's and the kube-dns ConfigMap's), updated by reload.
+    in_force: watch::Sender<Config>,
     /// What was last read from the kube-dns ConfigMap (merged into `config`'s zones).
     kube_dns: KubeDnsState,
     opts: AppOptions,
@@ -187,6 +198,7 @@ impl App {
         });
         App {
             config,
+            in_force: watch::Sender::new(serving),
             kube_dns,
             opts,
             metrics,
@@ -328,10 +340,12 @@ impl App {
         self.tasks.spawn("prefetch", front::run_prefetches(self.engine.clone(), prefetches));
 
         let control = WorkerControl::new(listeners.udp.len());
-        // The hand-off queue holds at most `max_inflight` jobs (about 150 bytes each): a burst of
-        // identical misses (10,000 clients asking one name at once) is queued and coalesced, not
-        // shed; past the bound, workers answer from stale data or REFUSED instead of queueing.
-        let (miss_tx, miss_rx) = mpsc::channel(config.limits.max_inflight.max(1));
+        // The hand-off queue holds at most `limits.max_inflight` jobs as in force (about 150 bytes
+        // each; the workers hold it there, the channel is sized for the largest value a reload
+        // may set): a burst of identical misses (10,000 clients asking one name at once) is
+        // queued and coalesced, not shed; past the bound, workers answer from stale data or
+        // REFUSED instead of queueing.
+        let (miss_tx, miss_rx) = mpsc::channel(udp::MISS_QUEUE_CAPACITY);
         // Not in the task list: the drain waits for it to answer every queued miss.
         let dispatcher = tokio::spawn(udp::run_miss_dispatcher(front.clone(), miss_rx));
         let mut worker_threads = Vec::new();
@@ -373,7 +387,8 @@ impl App {
 
         // Drain: not ready any more, stop reading new queries, answer those already read.
         let drain_started = tokio::time::Instant::now();
-        let drain_deadline = drain_started + config.server.drain_timeout;
+        // The drain timeout in force (a reload may have changed it).
+        let drain_deadline = drain_started + self.in_force.borrow().server.drain_timeout;
         info!("shutting down: draining in-flight queries");
         self.readiness.enter(Phase::Draining);
         control.stop.store(true, Relaxed);
@@ -430,9 +445,7 @@ impl App {
             probe_until_answered(engine.clone(), self.readiness.clone(), stop.clone(), self.opts.started),
         );
         self.tasks.spawn("ejected-endpoint-probe", engine.clone().probe_ejected_loop(stop.clone()));
-        for zone in engine.zones().iter().filter(|z| z.config.discover.is_some()) {
-            self.tasks.spawn("discovery", crate::discover::run(engine.clone(), zone.config.name.clone(), stop.clone()));
-        }
+        self.tasks.spawn("discovery", crate::discover::supervise(engine.clone(), stop.clone()));
         if let Some(path) = &self.opts.config_path {
             let kube_dns = std::mem::take(&mut self.kube_dns);
             self.tasks.spawn(
@@ -441,8 +454,13 @@ impl App {
                     path.clone(),
                     self.config.clone(),
                     kube_dns,
-                    engine.clone(),
-                    self.metrics.clone(),
+                    crate::reload::ReloadTargets {
+                        resolver: engine.clone(),
+                        metrics: self.metrics.clone(),
+                        log: self.opts.log.clone(),
+                        query_log: self.query_log.clone(),
+                        in_force: self.in_force.clone(),
+                    },
                     stop.clone(),
                     self.opts.overrides.clone(),
                 ),

@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub admin_socket: Option<PathBuf>,
     /// The command line's replacements of config file values, applied again on every reload.
     pub overrides: crate::config::change::CliOverrides,
+    /// Changes `log.level` on reload.
+    pub log: crate::logging::LogControl,
 }
 
 /// An app with its sockets, ready to serve once `main` has dropped privileges.
@@ -72,6 +74,7 @@ pub async fn prepare(
         config_path: opts.config_path,
         started: opts.started,
         overrides: opts.overrides,
+        log: opts.log,
         test_hooks: std::env::var("NODEDNS_TEST_HOOKS").is_ok_and(|v| v == "1"),
     };
     let mut app = App::new(config, metrics, app_opts);

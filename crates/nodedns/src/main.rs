@@ -131,9 +131,14 @@ fn main() -> ExitCode {
                 overrides.admin_listen = Some(addrs);
             }
             overrides.apply(&mut cfg);
-            nodedns::logging::init(&cfg.log);
-            let opts =
-                nodedns::daemon::RunOptions { config_path: config, started: process_started, admin_socket, overrides };
+            let log = nodedns::logging::init(&cfg.log);
+            let opts = nodedns::daemon::RunOptions {
+                config_path: config,
+                started: process_started,
+                admin_socket,
+                overrides,
+                log,
+            };
             match run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -19,7 +19,9 @@ use tracing::{error, info, warn};
 use crate::config::change::{CliOverrides, classify, restart_keys};
 use crate::config::{Config, KubeDnsConfigMap};
 use crate::kubedns::{KubeDns, KubeDnsError, Snapshot};
+use crate::logging::LogControl;
 use crate::metrics::Metrics;
+use crate::querylog::QueryLog;
 use nodedns_resolver::Resolver;
 
 /// How often the file is re-read to detect changes.
@@ -110,18 +112,32 @@ pub fn start(base: &Config, metrics: &Metrics) -> (Config, KubeDnsState) {
     (serving, state)
 }
 
+/// Everything a reload applies a new config to, owned by the app and handed to the watcher.
+pub struct ReloadTargets {
+    /// Zones, cache policy, `limits.max_inflight`, `limits.max_udp_payload`.
+    pub resolver: Arc<Resolver>,
+    pub metrics: Arc<Metrics>,
+    /// `log.level`.
+    pub log: LogControl,
+    /// `log.queries_sample_rate`.
+    pub query_log: Arc<QueryLog>,
+    /// The merged config in force, for what is read when it is needed (the drain timeout, when
+    /// shutdown starts).
+    pub in_force: watch::Sender<Config>,
+}
+
 /// Watches the config file at `path` (`base` is its content as loaded) and the kube-dns ConfigMap
-/// (`kube`, from [`start`]), reconfiguring `engine` whenever the merged result changes.
+/// (`kube`, from [`start`]), applying the merged result to `targets` whenever it changes.
 /// `overrides` (the command line's replacements of file values) are applied to every file read.
 pub async fn watch_from(
     path: PathBuf,
     mut base: Config,
     mut kube: KubeDnsState,
-    engine: Arc<Resolver>,
-    metrics: Arc<Metrics>,
+    targets: ReloadTargets,
     mut stop: watch::Receiver<bool>,
     overrides: CliOverrides,
 ) {
+    let metrics = targets.metrics.clone();
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut last = std::fs::read(&path).ok();
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -150,7 +166,7 @@ pub async fn watch_from(
                             // Re-read the ConfigMap under the new file; if it did not change, the
                             // last valid version is merged again.
                             kube.refresh(&base, &metrics);
-                            apply(&engine, &metrics, &base, &kube, &mut serving, &path, "config reloaded");
+                            apply(&targets, &base, &kube, &mut serving, &path, "config reloaded");
                         }
                     }
                     Err(e) => {
@@ -167,26 +183,29 @@ pub async fn watch_from(
         if kube.refresh(&base, &metrics) == Some(Ok(())) {
             let (stubs, upstreams) = kube.summary();
             info!(stub_domains = stubs, upstream_nameservers = upstreams, "kube-dns ConfigMap read");
-            apply(&engine, &metrics, &base, &kube, &mut serving, &path, "kube-dns ConfigMap applied");
+            apply(&targets, &base, &kube, &mut serving, &path, "kube-dns ConfigMap applied");
         }
     }
 }
 
-/// Reconfigures `engine` if the merged config differs from what it serves.
-fn apply(
-    engine: &Resolver,
-    metrics: &Metrics,
-    base: &Config,
-    kube: &KubeDnsState,
-    serving: &mut Config,
-    path: &Path,
-    what: &str,
-) {
+/// Applies the merged config to `targets` if it differs from what they serve: every key the
+/// reload contract calls live ([`crate::config::change`]).
+fn apply(targets: &ReloadTargets, base: &Config, kube: &KubeDnsState, serving: &mut Config, path: &Path, what: &str) {
+    let metrics = &targets.metrics;
     let next = kube.merged_or_base(base, metrics);
     if next == *serving {
         return;
     }
-    engine.reconfigure(&next);
+    targets.resolver.reconfigure(&next);
+    targets.query_log.set_rate(next.log.queries_sample_rate);
+    if next.log.level != serving.log.level {
+        if targets.log.set_level(&next.log.level) {
+            info!(level = %next.log.level, "log level changed");
+        } else if targets.log.overridden_by_env() {
+            warn!(level = %next.log.level, "log.level not applied: RUST_LOG is set and wins");
+        }
+    }
+    targets.in_force.send_replace(next.clone());
     metrics.config_reloads.with_label_values(&["success"]).inc();
     let zones: Vec<String> = next.zones.iter().map(|z| z.name.to_string()).collect();
     info!(path = %path.display(), zones = ?zones, "{what}");
@@ -209,4 +228,99 @@ fn kube_interval(config: &Config) -> Interval {
     let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     i.set_missed_tick_behavior(MissedTickBehavior::Delay);
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RecordType;
+    use nodedns_testkit::{FakeUpstream, new_query};
+    use nodedns_wire::{OwnedQuery, Parsed, Transport, parse_query};
+
+    use super::*;
+
+    fn config(up: SocketAddr, extra: &str, corp_max_ttl: u32) -> Config {
+        let text = format!(
+            "listen: [\"127.0.0.1:5353\"]\n{extra}\nzones:\n  - name: \"corp.example.\"\n    upstreams: [\"{up}\"]\n    max_ttl_secs: {corp_max_ttl}\n  - name: \".\"\n    upstreams: [\"{up}\"]\n"
+        );
+        Config::parse(&text, "test.yaml").expect("config")
+    }
+
+    fn packet(name: &str) -> Vec<u8> {
+        let mut q = new_query(name, RecordType::TXT).unwrap();
+        q.metadata.id = 7;
+        q.to_vec().unwrap()
+    }
+
+    fn owned(name: &str) -> OwnedQuery {
+        let p = packet(name);
+        let Parsed::Query(q) = parse_query(&p) else { panic!("query") };
+        q.detach()
+    }
+
+    /// The TTL a cache hit for `name` is served with, if it is one.
+    fn cached_ttl(resolver: &Resolver, name: &str) -> Option<u32> {
+        let p = packet(name);
+        let Parsed::Query(q) = parse_query(&p) else { panic!("query") };
+        let mut out = [0u8; 4096];
+        let (len, _) = resolver.answer_from_cache(&q, Transport::Tcp, &mut out, resolver.now())?;
+        Some(Message::from_vec(&out[..len]).unwrap().answers[0].ttl)
+    }
+
+    fn targets(config: &Config) -> ReloadTargets {
+        let metrics = Metrics::new(false);
+        let clock = nodedns_resolver::Clock::starting_now();
+        ReloadTargets {
+            resolver: Resolver::new(config, metrics.clone(), None, clock),
+            metrics,
+            log: LogControl::default(),
+            query_log: Arc::new(QueryLog::new(config.log.queries_sample_rate)),
+            in_force: watch::Sender::new(config.clone()),
+        }
+    }
+
+    fn reload_to(targets: &ReloadTargets, serving: &mut Config, next: &Config) {
+        apply(targets, next, &KubeDnsState::default(), serving, Path::new("t.yaml"), "test");
+    }
+
+    #[tokio::test]
+    async fn apply_sets_every_live_key_outside_the_zones() {
+        let up = FakeUpstream::start();
+        let mut serving = config(up.addr(), "", 3600);
+        let t = targets(&serving);
+        let next = config(
+            up.addr(),
+            "limits:\n  max_inflight: 7\n  max_udp_payload_bytes: 600\nserver:\n  drain_timeout_secs: 3\ncache:\n  max_stale_secs: 9\nlog:\n  queries_sample_rate: 0.5",
+            3600,
+        );
+        assert_ne!(t.resolver.max_inflight(), 7);
+        assert!(!t.query_log.on());
+        reload_to(&t, &mut serving, &next);
+        assert_eq!(t.resolver.max_inflight(), 7);
+        assert_eq!(t.resolver.max_udp_payload(), 600);
+        assert_eq!(t.in_force.borrow().server.drain_timeout, Duration::from_secs(3));
+        assert_eq!(t.resolver.cache.limits().max_stale.secs(), 9);
+        assert!(t.query_log.on());
+        assert_eq!(serving, next);
+        assert_eq!(t.metrics.config_reloads.with_label_values(&["success"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lowered_zone_ceiling_caps_that_zones_cached_names_only() {
+        let up = FakeUpstream::start();
+        up.answer("a.corp.example", RecordType::TXT, &["\"v\""], 3000);
+        up.answer("a.other.example", RecordType::TXT, &["\"v\""], 3000);
+        let mut serving = config(up.addr(), "", 3600);
+        let t = targets(&serving);
+        for name in ["a.corp.example", "a.other.example"] {
+            t.resolver.answer_miss(&owned(name), Transport::Tcp).await.expect("answered");
+            assert!(cached_ttl(&t.resolver, name).unwrap() > 2900);
+        }
+        reload_to(&t, &mut serving, &config(up.addr(), "", 10));
+        assert!(cached_ttl(&t.resolver, "a.corp.example").unwrap() <= 10);
+        assert!(cached_ttl(&t.resolver, "a.other.example").unwrap() > 2900, "the root zone's ceiling did not change");
+        assert_eq!(up.query_count("a.corp.example", RecordType::TXT), 1, "capped in the cache, not re-fetched");
+    }
 }

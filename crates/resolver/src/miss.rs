@@ -51,10 +51,10 @@ impl Resolver {
     pub async fn answer_miss(self: &Arc<Self>, miss: &OwnedQuery, transport: Transport) -> Option<MissAnswer> {
         let query = miss.query();
         let (key, member) = miss.cache_key();
-        let decision = if self.waiting.load(Relaxed) >= self.max_inflight {
+        let decision = if self.waiting.load(Relaxed) >= self.max_inflight() {
             self.events.shed(Shed::Inflight);
             if self.shed_warn.allow() {
-                warn!(limit = self.max_inflight, "shedding queries: too many waiting for upstream answers");
+                warn!(limit = self.max_inflight(), "shedding queries: too many waiting for upstream answers");
             }
             // One client's flood of new names must not cost other pods the names they had: stale
             // data still answers (RFC 8767), only a query with nothing cached is refused.

@@ -156,7 +156,7 @@ impl FrontDoor {
             return self.answer_rcode(&query, Rcode::Refused, at, arrival, &mut peer, out);
         }
         let transport = match arrival.proto {
-            Proto::Udp => Transport::Udp { max_len: query.max_udp_response(resolver.max_udp_payload) },
+            Proto::Udp => Transport::Udp { max_len: query.max_udp_response(resolver.max_udp_payload()) },
             Proto::Tcp => Transport::Tcp,
         };
         if query.qtype == nodedns_wire::query::TYPE_ANY {

@@ -127,16 +127,26 @@ pub fn run_worker(
                     len
                 }
                 Verdict::Drop => continue,
-                Verdict::Miss(miss) => match misses.try_send(MissJob { miss, socket: socket.clone() }) {
-                    Ok(()) => continue,
-                    // The miss queue is full: shed rather than queue without bound.
-                    Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
-                        match front.overflow(&job.miss, &mut out[..]) {
-                            Some(len) => len,
-                            None => continue,
+                Verdict::Miss(miss) => {
+                    // The queue's bound is `limits.max_inflight` as now in force (reloadable),
+                    // not the channel's capacity ([`MISS_QUEUE_CAPACITY`]).
+                    let full = misses.max_capacity() - misses.capacity() >= resolver.max_inflight();
+                    let refused = if full {
+                        Some(miss)
+                    } else {
+                        match misses.try_send(MissJob { miss, socket: socket.clone() }) {
+                            Ok(()) => None,
+                            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                                Some(job.miss)
+                            }
                         }
+                    };
+                    // The miss queue is full: shed rather than queue without bound.
+                    match refused.and_then(|miss| front.overflow(&miss, &mut out[..])) {
+                        Some(len) => len,
+                        None => continue,
                     }
-                },
+                }
             };
             io.queue_reply(i, len);
         }
@@ -149,6 +159,11 @@ pub fn run_worker(
         }
     }
 }
+
+/// The capacity of the miss hand-off channel: the largest `limits.max_inflight` config
+/// validation accepts, so a reload can raise the limit (the channel allocates blocks only as
+/// jobs queue; workers hold the queue to the limit in force).
+pub const MISS_QUEUE_CAPACITY: usize = 1_000_000;
 
 /// Answers misses handed over by the UDP workers, each in its own task, until every worker has
 /// stopped and every queued or running miss is answered: the drain waits for this to return.
