@@ -327,7 +327,10 @@ impl App {
         let admin_release: Vec<socket2::Socket> =
             admin_tcp.iter().filter_map(|l| l.try_clone().ok()).map(socket2::Socket::from).collect();
         let handed_over = Arc::new(AtomicBool::new(false));
-        let serving_handover = self.serve_handover(&listeners, admin_release, &handed_over);
+        // The handover listener serves until the drain is over (a successor may take the sockets
+        // while this process drains), so it has its own stop.
+        let (handover_stop, handover_stopped) = watch::channel(false);
+        let serving_handover = self.serve_handover(&listeners, admin_release, &handed_over, handover_stopped);
         let own_udp_inodes: Vec<u64> = listeners.udp.iter().filter_map(|(_, s)| socket_inode(s)).collect();
 
         let (front, prefetches) = FrontDoor::new(
@@ -413,6 +416,7 @@ impl App {
         if self.engine.waiting() > 0 {
             warn!(waiting = self.engine.waiting(), "drain deadline reached with queries still waiting");
         }
+        let _ = handover_stop.send(true);
         if let Some(path) = config.server.handover_socket.as_ref().filter(|_| serving_handover) {
             crate::handover::remove_if_ours(path, &handed_over);
         }
@@ -472,10 +476,11 @@ impl App {
     /// socket and the cache. Returns whether it does (then the socket file is ours to remove).
     /// An unusable path costs the next rollout its zero-loss handover, not DNS.
     fn serve_handover(
-        &self,
+        &mut self,
         listeners: &Listeners,
         admin_release: Vec<socket2::Socket>,
         handed_over: &Arc<AtomicBool>,
+        stop: watch::Receiver<bool>,
     ) -> bool {
         let Some(path) = &self.config.server.handover_socket else { return false };
         let source = self.engine.clone();
@@ -502,9 +507,12 @@ impl App {
         let served = listeners
             .duplicates()
             .map_err(|source| crate::handover::HandoverError::Io { path: path.clone(), source })
-            .and_then(|dups| crate::handover::serve(path, dups, handed_over.clone(), export));
+            .and_then(|dups| crate::handover::serve(path, dups, handed_over.clone(), export, stop));
         match served {
-            Ok(()) => true,
+            Ok(accepting) => {
+                self.tasks.spawn("handover", accepting);
+                true
+            }
             Err(e) => {
                 warn!(
                     path = %path.display(),

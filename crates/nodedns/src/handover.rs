@@ -107,8 +107,9 @@ pub fn receive(path: &Path) -> Result<Received, HandoverError> {
     Ok(Received { sockets: fds, cache: stream })
 }
 
-/// Serves handover requests on `path` with duplicates of `sockets`, on a background thread.
-/// `handed_over` is set once a successor has received them.
+/// Serves handover requests on `path` with duplicates of `sockets`: binds now, and returns the
+/// accept loop, for the app's task list, which ends when `stop` turns true. `handed_over` is set
+/// once a successor has received them.
 ///
 /// Fails (and changes nothing) when the path cannot be used: its directory cannot be created,
 /// something other than a socket is there (never replaced: it is not ours), or binding is not
@@ -118,7 +119,8 @@ pub fn serve(
     sockets: Vec<OwnedFd>,
     handed_over: Arc<AtomicBool>,
     export: CacheExport,
-) -> Result<(), HandoverError> {
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, HandoverError> {
     let io = |source| HandoverError::Io { path: path.into(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -138,56 +140,86 @@ pub fn serve(
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
+    let listener =
+        listener.set_nonblocking(true).and_then(|()| tokio::net::UnixListener::from_std(listener)).map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            io(e)
+        })?;
     let path = path.to_path_buf();
-    let thread_path = path.clone();
-    let spawned = std::thread::Builder::new().name("nodedns-handover".into()).spawn(move || {
-        let path = thread_path;
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut req = [0u8; REQUEST.len()];
-            match conn.read_exact(&mut req) {
-                Ok(()) if req == REQUEST => {}
-                // A successor waiting to take over checks that we still serve: connect, close.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => continue,
-                _ => {
-                    warn!(path = %path.display(), "ignoring a malformed handover request");
-                    continue;
-                }
-            }
-            let raw: Vec<RawFd> = sockets.iter().take(MAX_FDS).map(|s| s.as_raw_fd()).collect();
-            let header = format!("ok {}\n", raw.len());
-            let sent = sendmsg::<UnixAddr>(
-                conn.as_raw_fd(),
-                &[IoSlice::new(header.as_bytes())],
-                &[ControlMessage::ScmRights(&raw)],
-                MsgFlags::empty(),
-                None,
-            );
-            match sent {
-                Ok(_) => {
-                    handed_over.store(true, Relaxed);
-                    info!(sockets = raw.len(), "DNS sockets handed over to a new nodedns process");
-                    // Then the warm cache, so the successor does not start cold.
-                    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
-                    let mut out = std::io::BufWriter::new(&conn);
-                    match export(&mut out).and_then(|n| out.write_all(&0u32.to_le_bytes()).map(|_| n)) {
-                        Ok(n) => {
-                            let _ = out.flush();
-                            info!(entries = n, "cache handed over");
-                        }
-                        Err(e) => warn!(error = %e, "cache handover cut short"),
-                    }
-                }
-                Err(e) => warn!(error = %e, "socket handover failed"),
+    Ok(async move {
+        // Handed to each request's blocking handler and back: one request at a time.
+        let mut held = Some((sockets, export));
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                a = listener.accept() => a,
+            };
+            let Ok(conn) = accepted.and_then(|(c, _)| c.into_std()) else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Some((sockets, export)) = held.take() else { return };
+            let (path, handed_over) = (path.clone(), handed_over.clone());
+            // The request is answered with blocking I/O (SCM_RIGHTS, then the cache stream,
+            // each bounded by a timeout), off the runtime.
+            let answered = tokio::task::spawn_blocking(move || {
+                answer_request(conn, &sockets, &export, &handed_over, &path);
+                (sockets, export)
+            });
+            match answered.await {
+                Ok(back) => held = Some(back),
+                Err(_) => return,
             }
         }
-    });
-    if let Err(e) = spawned {
-        let _ = std::fs::remove_file(&path);
-        return Err(HandoverError::Io { path, source: e });
+    })
+}
+
+/// One successor's request: the sockets, then the warm cache.
+fn answer_request(
+    mut conn: UnixStream,
+    sockets: &[OwnedFd],
+    export: &CacheExport,
+    handed_over: &AtomicBool,
+    path: &Path,
+) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut req = [0u8; REQUEST.len()];
+    match conn.read_exact(&mut req) {
+        Ok(()) if req == REQUEST => {}
+        // A successor waiting to take over checks that we still serve: connect, close.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+        _ => {
+            warn!(path = %path.display(), "ignoring a malformed handover request");
+            return;
+        }
     }
-    Ok(())
+    let raw: Vec<RawFd> = sockets.iter().take(MAX_FDS).map(|s| s.as_raw_fd()).collect();
+    let header = format!("ok {}\n", raw.len());
+    let sent = sendmsg::<UnixAddr>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(header.as_bytes())],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    );
+    match sent {
+        Ok(_) => {
+            handed_over.store(true, Relaxed);
+            info!(sockets = raw.len(), "DNS sockets handed over to a new nodedns process");
+            // Then the warm cache, so the successor does not start cold.
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+            let mut out = std::io::BufWriter::new(&conn);
+            match export(&mut out).and_then(|n| out.write_all(&0u32.to_le_bytes()).map(|_| n)) {
+                Ok(n) => {
+                    let _ = out.flush();
+                    info!(entries = n, "cache handed over");
+                }
+                Err(e) => warn!(error = %e, "cache handover cut short"),
+            }
+        }
+        Err(e) => warn!(error = %e, "socket handover failed"),
+    }
 }
 
 /// Removes the socket file if it is still ours (not yet replaced by a successor).
