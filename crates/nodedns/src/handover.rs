@@ -10,10 +10,9 @@
 //!
 //! The new process then takes over the socket path (bind to a temporary name, rename over), so
 //! the next rollout receives the sockets from it.
-#![allow(unsafe_code)]
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,12 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+use nodedns_sys::fdpass::MAX_FDS;
 use tracing::{info, warn};
 
 const REQUEST: &[u8] = b"nodedns-handover v1\n";
-/// SCM_MAX_FD: the kernel passes at most 253 descriptors in one message.
-const MAX_FDS: usize = 253;
 
 /// Why no sockets were received.
 #[derive(Debug, thiserror::Error)]
@@ -92,18 +90,8 @@ pub fn receive(path: &Path) -> Result<Received, HandoverError> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
     stream.write_all(REQUEST).map_err(io)?;
     let mut header = [0u8; 64];
-    let mut iov = [IoSliceMut::new(&mut header)];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let msg = recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+    let (_, fds) = nodedns_sys::fdpass::recv_with_fds(&stream, &mut header)
         .map_err(|source| HandoverError::Sys { path: path.into(), source })?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(|source| HandoverError::Sys { path: path.into(), source })? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            // SAFETY: the kernel just installed these descriptors in this process for us (with
-            // close-on-exec); nothing else owns them.
-            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-    }
     Ok(Received { sockets: fds, cache: stream })
 }
 
