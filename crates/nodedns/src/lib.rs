@@ -4,7 +4,7 @@
 //! [`config`] (YAML → validated `Config`), [`engine`] (cache + miss path), [`server`]
 //! (UDP workers with batched I/O, pipelined TCP), [`admin`] (metrics, health, readiness),
 //! [`node_setup`] (interface + conntrack bypass wiring), [`reload`], [`probe`], [`daemon`].
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_socket;

@@ -4,29 +4,17 @@
 //! The soft limit is raised to the hard limit at start, which needs no privilege (the hard limit
 //! is what the container runtime, systemd or the kubelet granted).
 
-// getrlimit/setrlimit through libc: the `nix` features this crate enables do not include
-// `resource`, and the two calls are trivially safe (a pointer to a local struct).
-#![allow(unsafe_code)]
-
 use std::io;
 
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
 fn get() -> io::Result<(u64, u64)> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `r` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
     // rlim_t is u64 on Linux.
-    Ok((r.rlim_cur, r.rlim_max))
+    getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)
 }
 
 fn set(soft: u64, hard: u64) -> io::Result<()> {
-    let r = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
-    // SAFETY: `r` is a valid rlimit for the duration of the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(io::Error::from)
 }
 
 /// The open-file limits before and after [`raise_nofile`].
