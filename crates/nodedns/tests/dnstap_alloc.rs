@@ -1,42 +1,14 @@
 //! With dnstap on, a client exchange (what every cache hit logs) allocates nothing once the
 //! queue's buffers exist: they are recycled by the writer, not freed. Counted by a global
-//! allocator that tallies this thread's allocations (its own test binary, so nothing else is
-//! affected).
-#![allow(unsafe_code)]
+//! allocator that tallies this thread's allocations (`nodedns_sys::alloc`; its own test binary,
+//! so nothing else is affected).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::{Duration, Instant, SystemTime};
 
 use nodedns::config::{DnstapConfig, DnstapTarget};
 use nodedns::dnstap::Dnstap;
 use nodedns::metrics::{Metrics, Proto};
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-struct Counting;
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        // SAFETY: the caller's contract is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use nodedns_sys::alloc::Counting;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -64,11 +36,15 @@ fn a_logged_exchange_allocates_nothing_once_warm() {
         assert!(Instant::now() < deadline, "writer did not drain");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let before = ALLOCATIONS.with(Cell::get);
+    // The counter is live (a zero below must mean no allocations, not no counting).
+    let probe = Counting::this_thread();
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(16)));
+    assert_eq!(Counting::this_thread() - probe, 1, "one allocation counted");
+    let before = Counting::this_thread();
     for _ in 0..1000 {
         exchange();
     }
-    let allocated = ALLOCATIONS.with(Cell::get) - before;
+    let allocated = Counting::this_thread() - before;
     assert_eq!(allocated, 0, "allocations for 1,000 logged exchanges");
     tap.shutdown(Duration::from_secs(5));
     assert_eq!(metrics.dnstap_dropped.get(), 0);

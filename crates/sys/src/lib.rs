@@ -9,10 +9,13 @@
 //!   process-wide mutable state nodedns has: the kernel offers no other way to reach another
 //!   thread's credentials.
 //! - [`fdpass`]: taking ownership of descriptors received with `SCM_RIGHTS`.
+//! - `alloc` (feature `counting-alloc`, tests only): an allocator that counts allocations.
 //!
 //! What nix or std already wraps safely (rlimits, sending descriptors, errno, gettid) is used from
 //! there instead of being wrapped again here.
 
+#[cfg(feature = "counting-alloc")]
+pub mod alloc;
 pub mod caps;
 pub mod fdpass;
 pub mod mmsg;
