@@ -187,7 +187,8 @@ impl BatchIo {
 fn sockaddr_to_std(addr: &libc::sockaddr_storage, len: u32) -> Option<SocketAddr> {
     match addr.ss_family as i32 {
         libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: family and length say the storage holds a sockaddr_in.
+            // SAFETY: sockaddr_storage is sized and aligned for every socket address type (its
+            // purpose, socket(7)), and family and length say the kernel wrote a sockaddr_in.
             let a: &libc::sockaddr_in = unsafe { &*(addr as *const libc::sockaddr_storage).cast() };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
@@ -195,7 +196,7 @@ fn sockaddr_to_std(addr: &libc::sockaddr_storage, len: u32) -> Option<SocketAddr
             )))
         }
         libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: family and length say the storage holds a sockaddr_in6.
+            // SAFETY: as above, for a sockaddr_in6.
             let a: &libc::sockaddr_in6 = unsafe { &*(addr as *const libc::sockaddr_storage).cast() };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(a.sin6_addr.s6_addr),
@@ -247,5 +248,84 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, vec![100, 101, 102, 103, 104]);
+    }
+
+    fn pair(bind: &str) -> Option<(std::net::UdpSocket, std::net::UdpSocket)> {
+        let server = std::net::UdpSocket::bind(bind).ok()?;
+        let client = std::net::UdpSocket::bind(bind).ok()?;
+        for s in [&server, &client] {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        }
+        Some((server, client))
+    }
+
+    #[test]
+    fn ipv6_peer_and_oversized_datagram_flagged_truncated() {
+        let Some((server, client)) = pair("[::1]:0") else {
+            return; // no IPv6 loopback here
+        };
+        client.send_to(&[7u8; RECV_LEN + 100], server.local_addr().unwrap()).unwrap();
+        client.send_to(&[8u8; 10], server.local_addr().unwrap()).unwrap();
+        let mut io = BatchIo::new(server.as_raw_fd());
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let n = io.recv().unwrap();
+            for i in 0..n {
+                let r = io.received(i);
+                assert_eq!(r.peer(), Some(client.local_addr().unwrap()));
+                got.push((r.data.len(), r.truncated));
+            }
+        }
+        assert_eq!(got, vec![(RECV_LEN, true), (10, false)]);
+    }
+
+    #[test]
+    fn a_refused_destination_does_not_hold_back_the_rest() {
+        let (server, client) = pair("127.0.0.1:0").unwrap();
+        for i in 0..3u8 {
+            client.send_to(&[i; 4], server.local_addr().unwrap()).unwrap();
+        }
+        let mut io = BatchIo::new(server.as_raw_fd());
+        // Replies are queued across receives (queue_reply copies the address), flushed at once.
+        let mut queued = 0;
+        while queued < 3 {
+            let n = io.recv().unwrap();
+            for i in 0..n {
+                if queued == 0 {
+                    // Port 0 is refused by udp_sendmsg (EINVAL): the first answer fails.
+                    // SAFETY: the socket is IPv4, so the kernel wrote a sockaddr_in here.
+                    let a: &mut libc::sockaddr_in =
+                        unsafe { &mut *(&mut io.rx.addrs[i] as *mut libc::sockaddr_storage).cast() };
+                    a.sin_port = 0;
+                }
+                let (r, out) = io.received_and_send_buf(i).unwrap();
+                let len = r.data.len();
+                out[..len].copy_from_slice(r.data);
+                io.queue_reply(i, len);
+                queued += 1;
+            }
+        }
+        assert_eq!(io.flush().unwrap(), 3, "all three handled, the refused one skipped");
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let mut b = [0u8; 16];
+            assert_eq!(client.recv(&mut b).unwrap(), 4);
+            seen.push(b[0]);
+        }
+        seen.sort();
+        assert_eq!(seen, vec![1, 2]);
+    }
+
+    #[test]
+    fn unknown_family_or_short_length_decodes_to_none() {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+        storage.ss_family = libc::AF_INET as libc::sa_family_t;
+        assert_eq!(sockaddr_to_std(&storage, 4), None, "shorter than a sockaddr_in");
+        assert!(sockaddr_to_std(&storage, size_of::<libc::sockaddr_in>() as u32).is_some());
+        storage.ss_family = libc::AF_INET6 as libc::sa_family_t;
+        assert_eq!(sockaddr_to_std(&storage, size_of::<libc::sockaddr_in>() as u32), None);
+        storage.ss_family = libc::AF_UNIX as libc::sa_family_t;
+        assert_eq!(sockaddr_to_std(&storage, size_of::<libc::sockaddr_storage>() as u32), None);
     }
 }
