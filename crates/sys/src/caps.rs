@@ -12,12 +12,13 @@
 //!   never grants more than the caller's permitted set (Kubernetes sets it too with
 //!   `allowPrivilegeEscalation: false`). Children therefore run with exactly the kept set.
 //!
-//! The signal handler and the three statics it uses (`TARGET`, `ACKS`, `FAILURES`) are
-//! nodedns's one piece of process-wide mutable state: a handler cannot be given arguments, and
-//! the kernel offers no call that changes another thread's credentials. [`keep_only`] installs
+//! The signal handler and the statics it uses (`TARGET`, `ACKS`, `FAILURES`, and a lock that
+//! serializes drops) are nodedns's one piece of process-wide mutable state: a handler cannot be
+//! given arguments, and the kernel offers no call that changes another thread's credentials. [`keep_only`] installs
 //! the handler only for the duration of one drop and restores the previous disposition.
 
 use std::io;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,8 @@ static TARGET: AtomicU64 = AtomicU64::new(0);
 /// Threads that ran the handler (successfully or not) in the current round.
 static ACKS: AtomicUsize = AtomicUsize::new(0);
 static FAILURES: AtomicUsize = AtomicUsize::new(0);
+/// Held for the whole of [`keep_only`]: the statics above describe one drop at a time.
+static ONE_DROP_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Applies `TARGET` to the calling thread: no_new_privs, bounding set (best effort), ambient
 /// cleared, then effective = permitted = kept, inheritable empty. Only raw syscalls and atomics:
@@ -162,7 +165,11 @@ fn broadcast_signal() -> libc::c_int {
 
 /// Reduces every thread of the process to `keep ∩ permitted` (see the module doc) and verifies
 /// it. Threads started later inherit the reduced sets.
+/// Concurrent calls run one after the other.
 pub fn keep_only(keep: u64) -> Result<Dropped, PrivilegeError> {
+    // A panic while holding it leaves nothing half-done that matters here: the next call redoes
+    // the whole drop.
+    let _one = ONE_DROP_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (_, before) = capget()?;
     let kept = keep & before;
     let bounding_reduced = before & Capability::SetPcap.bit() != 0;
