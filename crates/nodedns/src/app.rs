@@ -49,6 +49,15 @@ pub enum RunError {
     Node(#[from] nodedns_node::NodeError),
 }
 
+/// How the shutdown went: what did not finish in time.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Client queries still waiting on the miss path, or queued for it, at the drain deadline.
+    pub unanswered_at_deadline: bool,
+    /// Background tasks that did not stop within [`TASK_STOP_TIMEOUT`] and were aborted.
+    pub aborted_tasks: Vec<&'static str>,
+}
+
 /// What the app needs to know beyond the config.
 #[derive(Clone, Debug)]
 pub struct AppOptions {
@@ -134,16 +143,20 @@ impl BackgroundTasks {
         self.tasks.push((name, tokio::spawn(task)));
     }
 
-    /// Tells every task to stop and waits for them until `deadline`; the rest are aborted.
-    async fn stop(self, deadline: tokio::time::Instant) {
+    /// Tells every task to stop and waits for them until `deadline`; the rest are aborted, and
+    /// their names returned.
+    async fn stop(self, deadline: tokio::time::Instant) -> Vec<&'static str> {
         let _ = self.stop.send(true);
+        let mut aborted = Vec::new();
         for (name, task) in self.tasks {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 warn!(task = name, "background task did not stop in time; aborted");
                 abort.abort();
+                aborted.push(name);
             }
         }
+        aborted
     }
 }
 
@@ -315,9 +328,9 @@ impl App {
 
     /// Serves on `sockets` until `shutdown` resolves, then stops: readiness ends, the workers
     /// stop reading, every query already read — running or still queued — is answered by
-    /// `server.drain_timeout_ms`, then the handover socket, dnstap, node teardown (bounded by
+    /// `server.drain_timeout_secs`, then the handover socket, dnstap, node teardown (bounded by
     /// [`TEARDOWN_TIMEOUT`]), the background tasks and admin are stopped, in that order.
-    pub async fn serve(mut self, sockets: Sockets, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    pub async fn serve(mut self, sockets: Sockets, shutdown: impl Future<Output = ()>) -> Result<Stopped, RunError> {
         let Sockets { dns: listeners, admin: admin_tcp, inherited } = sockets;
         let config = self.config.clone();
         let stop_rx = self.tasks.stop_signal();
@@ -340,7 +353,7 @@ impl App {
             self.query_log.clone(),
             config.limits.per_client_qps,
         );
-        self.tasks.spawn("prefetch", front::run_prefetches(self.engine.clone(), prefetches));
+        self.tasks.spawn("prefetch", front::run_prefetches(self.engine.clone(), prefetches, stop_rx.clone()));
 
         let control = WorkerControl::new(listeners.udp.len());
         // The hand-off queue holds at most `limits.max_inflight` jobs as in force (about 150 bytes
@@ -407,14 +420,17 @@ impl App {
         })
         .await;
         // The workers' queue senders are gone: the dispatcher answers what is queued and ends.
+        let mut stopped = Stopped::default();
         if tokio::time::timeout_at(drain_deadline, dispatcher).await.is_err() {
             warn!("drain deadline reached with queued UDP misses unanswered");
+            stopped.unanswered_at_deadline = true;
         }
         while self.engine.waiting() > 0 && tokio::time::Instant::now() < drain_deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.engine.waiting() > 0 {
             warn!(waiting = self.engine.waiting(), "drain deadline reached with queries still waiting");
+            stopped.unanswered_at_deadline = true;
         }
         let _ = handover_stop.send(true);
         if let Some(path) = config.server.handover_socket.as_ref().filter(|_| serving_handover) {
@@ -426,7 +442,7 @@ impl App {
             let _ = tokio::task::spawn_blocking(move || tap.shutdown(DNSTAP_STOP_TIMEOUT)).await;
         }
         self.tear_down_node(&handed_over, &own_udp_inodes).await;
-        self.tasks.stop(tokio::time::Instant::now() + TASK_STOP_TIMEOUT).await;
+        stopped.aborted_tasks = self.tasks.stop(tokio::time::Instant::now() + TASK_STOP_TIMEOUT).await;
         let _ = self.admin_stop.send(true);
         let admin_threads = std::mem::take(&mut self.admin_threads);
         let _ = tokio::task::spawn_blocking(move || {
@@ -436,7 +452,7 @@ impl App {
         })
         .await;
         info!(drain_ms = drain_started.elapsed().as_millis() as u64, "nodedns stopped");
-        Ok(())
+        Ok(stopped)
     }
 
     /// The background tasks of a serving app, all from here: upstream readiness probes, probes
@@ -577,10 +593,17 @@ async fn probe_until_answered(
 ) {
     let mut delay = Duration::from_millis(250);
     loop {
-        for zone in engine.zones().iter() {
-            zone.pool.warm().await;
-        }
-        if engine.probe_zones().await {
+        let attempt = async {
+            for zone in engine.zones().iter() {
+                zone.pool.warm().await;
+            }
+            engine.probe_zones().await
+        };
+        let answered = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            answered = attempt => answered,
+        };
+        if answered {
             readiness.upstream_answered.release();
             info!(since_start_ms = started.elapsed().as_millis() as u64, "an upstream answered: ready");
             return;

@@ -196,7 +196,7 @@ fn run(config: Config, opts: nodedns::daemon::RunOptions) -> Result<(), nodedns:
             return Ok(());
         };
         drop_privileges(prepared.keep_capabilities);
-        prepared.app.serve(prepared.sockets, shutdown).await
+        prepared.app.serve(prepared.sockets, shutdown).await.map(|_| ())
     })
 }
 

@@ -40,7 +40,7 @@ struct Running {
     admin: SocketAddr,
     readiness: Arc<nodedns::readiness::Readiness>,
     stop: Option<oneshot::Sender<()>>,
-    served: tokio::task::JoinHandle<Result<(), nodedns::app::RunError>>,
+    served: tokio::task::JoinHandle<Result<nodedns::app::Stopped, nodedns::app::RunError>>,
 }
 
 impl Running {
@@ -67,11 +67,13 @@ impl Running {
         }
     }
 
-    /// Stops the app and waits (bounded) for `serve` to return.
+    /// Stops the app and waits (bounded) for `serve` to return: every query answered in time,
+    /// every background task stopped when told (none had to be aborted).
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         let served = tokio::time::timeout(Duration::from_secs(20), self.served).await;
-        served.expect("serve returned").expect("no panic").expect("clean stop");
+        let stopped = served.expect("serve returned").expect("no panic").expect("clean stop");
+        assert_eq!(stopped, nodedns::app::Stopped::default(), "an unclean shutdown");
     }
 }
 

@@ -296,9 +296,19 @@ fn wall_times(received: Instant) -> (SystemTime, SystemTime) {
     (now.checked_sub(received.elapsed()).unwrap_or(now), now)
 }
 
-/// Starts the prefetches the front door queued, until every front door is gone.
-pub async fn run_prefetches(resolver: Arc<Resolver>, mut queued: mpsc::Receiver<OwnedQuery>) {
-    while let Some(query) = queued.recv().await {
-        resolver.prefetch(&query);
+/// Starts the prefetches the front door queued, until `stop` (or every front door is gone).
+pub async fn run_prefetches(
+    resolver: Arc<Resolver>,
+    mut queued: mpsc::Receiver<OwnedQuery>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            query = queued.recv() => match query {
+                Some(query) => resolver.prefetch(&query),
+                None => return,
+            },
+        }
     }
 }
