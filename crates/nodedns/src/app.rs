@@ -170,7 +170,7 @@ pub struct App {
     kube_dns: KubeDnsState,
     opts: AppOptions,
     metrics: Arc<Metrics>,
-    engine: Arc<Resolver>,
+    resolver: Arc<Resolver>,
     /// `log.dnstap`, when configured and its writer started.
     dnstap: Option<Arc<Dnstap>>,
     query_log: Arc<QueryLog>,
@@ -198,8 +198,8 @@ impl App {
             }
         });
         let taps = dnstap.clone().map(|d| Arc::new(DnstapTaps(d)) as Arc<dyn nodedns_resolver::ForwarderTaps>);
-        let engine = Resolver::new(&serving, metrics.clone(), taps, Clock::starting_now());
-        register_scraped(&metrics, &engine);
+        let resolver = Resolver::new(&serving, metrics.clone(), taps, Clock::starting_now());
+        register_scraped(&metrics, &resolver);
         let query_log = Arc::new(QueryLog::new(config.log.queries_sample_rate));
         let readiness = Arc::new(Readiness::default());
         let admin = Arc::new(AdminState {
@@ -215,7 +215,7 @@ impl App {
             kube_dns,
             opts,
             metrics,
-            engine,
+            resolver,
             dnstap,
             query_log,
             readiness,
@@ -227,8 +227,8 @@ impl App {
         }
     }
 
-    pub fn engine(&self) -> &Arc<Resolver> {
-        &self.engine
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
     }
 
     pub fn config(&self) -> &Config {
@@ -255,7 +255,7 @@ impl App {
         self.readiness.enter(Phase::WaitingForTakeover);
         info!("another nodedns serves this node: taking over its sockets once an upstream answers");
         let (_never_tx, never) = watch::channel(false);
-        let answered = probe_until_answered(self.engine.clone(), self.readiness.clone(), never, self.opts.started);
+        let answered = probe_until_answered(self.resolver.clone(), self.readiness.clone(), never, self.opts.started);
         tokio::pin!(answered, shutdown);
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let take_over = loop {
@@ -303,14 +303,14 @@ impl App {
         match crate::handover::receive(path) {
             Ok(r) => {
                 info!(sockets = r.sockets.len(), "received DNS sockets from the running nodedns");
-                let engine = self.engine.clone();
+                let resolver = self.resolver.clone();
                 let stream = r.cache;
                 self.tasks.spawn("cache-import", async move {
                     let import = tokio::task::spawn_blocking(move || {
-                        let now = engine.now();
+                        let now = resolver.now();
                         let mut imported = 0usize;
                         let read = crate::handover::read_cache(stream, Duration::from_secs(30), |rec| {
-                            imported += engine.cache.import(rec, now).is_ok() as usize;
+                            imported += resolver.cache.import(rec, now).is_ok() as usize;
                         });
                         info!(records = read, imported, "warm cache received from the predecessor");
                     });
@@ -347,13 +347,13 @@ impl App {
         let own_udp_inodes: Vec<u64> = listeners.udp.iter().filter_map(|(_, s)| socket_inode(s)).collect();
 
         let (front, prefetches) = FrontDoor::new(
-            self.engine.clone(),
+            self.resolver.clone(),
             self.metrics.clone(),
             self.dnstap.clone(),
             self.query_log.clone(),
             config.limits.per_client_qps,
         );
-        self.tasks.spawn("prefetch", front::run_prefetches(self.engine.clone(), prefetches, stop_rx.clone()));
+        self.tasks.spawn("prefetch", front::run_prefetches(self.resolver.clone(), prefetches, stop_rx.clone()));
 
         let control = WorkerControl::new(listeners.udp.len());
         // The hand-off queue holds at most `limits.max_inflight` jobs as in force (about 150 bytes
@@ -425,11 +425,11 @@ impl App {
             warn!("drain deadline reached with queued UDP misses unanswered");
             stopped.unanswered_at_deadline = true;
         }
-        while self.engine.waiting() > 0 && tokio::time::Instant::now() < drain_deadline {
+        while self.resolver.waiting() > 0 && tokio::time::Instant::now() < drain_deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if self.engine.waiting() > 0 {
-            warn!(waiting = self.engine.waiting(), "drain deadline reached with queries still waiting");
+        if self.resolver.waiting() > 0 {
+            warn!(waiting = self.resolver.waiting(), "drain deadline reached with queries still waiting");
             stopped.unanswered_at_deadline = true;
         }
         let _ = handover_stop.send(true);
@@ -459,13 +459,13 @@ impl App {
     /// of ejected endpoints, endpoint discovery, hot reload (node resync and the cache import
     /// were added when they started).
     fn spawn_background(&mut self, stop: &watch::Receiver<bool>) {
-        let engine = &self.engine;
+        let resolver = &self.resolver;
         self.tasks.spawn(
             "upstream-ready-probe",
-            probe_until_answered(engine.clone(), self.readiness.clone(), stop.clone(), self.opts.started),
+            probe_until_answered(resolver.clone(), self.readiness.clone(), stop.clone(), self.opts.started),
         );
-        self.tasks.spawn("ejected-endpoint-probe", engine.clone().probe_ejected_loop(stop.clone()));
-        self.tasks.spawn("discovery", crate::discover::supervise(engine.clone(), stop.clone()));
+        self.tasks.spawn("ejected-endpoint-probe", resolver.clone().probe_ejected_loop(stop.clone()));
+        self.tasks.spawn("discovery", crate::discover::supervise(resolver.clone(), stop.clone()));
         if let Some(path) = &self.opts.config_path {
             let kube_dns = std::mem::take(&mut self.kube_dns);
             self.tasks.spawn(
@@ -475,7 +475,7 @@ impl App {
                     self.config.clone(),
                     kube_dns,
                     crate::reload::ReloadTargets {
-                        resolver: engine.clone(),
+                        resolver: resolver.clone(),
                         metrics: self.metrics.clone(),
                         log: self.opts.log.clone(),
                         query_log: self.query_log.clone(),
@@ -499,7 +499,7 @@ impl App {
         stop: watch::Receiver<bool>,
     ) -> bool {
         let Some(path) = &self.config.server.handover_socket else { return false };
-        let source = self.engine.clone();
+        let source = self.resolver.clone();
         let export: crate::handover::CacheExport = Box::new(move |w| {
             let mut failed = None;
             let n = source.cache.export(source.now(), |rec| {
@@ -586,7 +586,7 @@ fn socket_inode(s: &std::net::UdpSocket) -> Option<u64> {
 /// readiness needs a live upstream, and the query opens the persistent connections before
 /// clients arrive.
 async fn probe_until_answered(
-    engine: Arc<Resolver>,
+    resolver: Arc<Resolver>,
     readiness: Arc<Readiness>,
     mut stop: watch::Receiver<bool>,
     started: Instant,
@@ -594,10 +594,10 @@ async fn probe_until_answered(
     let mut delay = Duration::from_millis(250);
     loop {
         let attempt = async {
-            for zone in engine.zones().iter() {
+            for zone in resolver.zones().iter() {
                 zone.pool.warm().await;
             }
-            engine.probe_zones().await
+            resolver.probe_zones().await
         };
         let answered = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -616,23 +616,23 @@ async fn probe_until_answered(
     }
 }
 
-fn register_scraped(metrics: &Arc<Metrics>, engine: &Arc<Resolver>) {
-    let engine = engine.clone();
-    let max_bytes = engine.cache.limits().max_bytes as u64;
+fn register_scraped(metrics: &Arc<Metrics>, resolver: &Arc<Resolver>) {
+    let resolver = resolver.clone();
+    let max_bytes = resolver.cache.limits().max_bytes as u64;
     let coredns = metrics.coredns_compatible();
     metrics.register_scraped(Box::new(ScrapedCollector::new(
         coredns,
         Box::new(move || {
             let cache = CacheSample {
-                entries: engine.cache.entries(),
-                bytes: engine.cache.bytes(),
+                entries: resolver.cache.entries(),
+                bytes: resolver.cache.bytes(),
                 max_bytes,
-                evictions: engine.cache.counters.evictions.load(Relaxed),
-                split_pairs: engine.cache.counters.split_pairs.load(Relaxed),
+                evictions: resolver.cache.counters.evictions.load(Relaxed),
+                split_pairs: resolver.cache.counters.split_pairs.load(Relaxed),
             };
             // One series per endpoint (shared by every zone that forwards to it), and one
             // zone→endpoint pair per use, primaries and fallbacks alike.
-            let zones = engine.zones();
+            let zones = resolver.zones();
             let mut uses = Vec::new();
             for zone in zones.iter() {
                 for (role, states) in [("primary", zone.pool.endpoints()), ("fallback", zone.pool.fallback())] {

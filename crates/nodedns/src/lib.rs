@@ -1,9 +1,12 @@
-//! nodedns: a node-local DNS cache for Kubernetes.
+//! nodedns: a node-local DNS cache for Kubernetes — the daemon.
 //!
-//! The binary (`main.rs`) only parses the command line; everything else lives here:
-//! [`config`] (YAML → validated `Config`), [`engine`] (cache + miss path), [`server`]
-//! (UDP workers with batched I/O, pipelined TCP), [`admin`] (metrics, health, readiness),
-//! [`node_setup`] (interface + conntrack bypass wiring), [`reload`], [`probe`], [`daemon`].
+//! `main.rs` parses the command line, wires signals and drops privileges; [`daemon`] runs the
+//! node-facing start steps; [`app`] is the App that serves until told to stop. Serving:
+//! [`server`] (the front door shared by UDP and TCP, the UDP workers, pipelined TCP), the
+//! resolver from `nodedns-resolver`; around it [`admin`] (metrics, health, readiness),
+//! [`readiness`], [`metrics`], [`dnstap`], [`querylog`], [`reload`], [`discover`],
+//! [`node_setup`], [`handover`], [`probe`]. The config is the `nodedns-config` crate, re-exported
+//! as [`config`].
 #![forbid(unsafe_code)]
 
 pub mod admin;

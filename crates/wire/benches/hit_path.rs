@@ -83,7 +83,7 @@ fn setup() -> (Cache, Vec<Vec<u8>>) {
     (cache, names)
 }
 
-/// One datagram's work on the hit path, as `udp::handle_datagram` + `Engine::answer_from_cache`.
+/// One datagram's work on the hit path, as `FrontDoor::classify` + `Resolver::answer_from_cache`.
 #[inline]
 fn answer(cache: &Cache, packet: &[u8], now: Timestamp, out: &mut [u8]) -> Option<usize> {
     let Parsed::Query(q) = parse_query(packet) else { return None };
