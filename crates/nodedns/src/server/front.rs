@@ -312,3 +312,125 @@ pub async fn run_prefetches(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::RecordType;
+    use nodedns_testkit::{FakeUpstream, new_query};
+
+    use super::*;
+
+    const CLIENT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7)), 5353);
+
+    fn front(up: SocketAddr, qps: u32) -> (Arc<FrontDoor>, mpsc::Receiver<OwnedQuery>) {
+        let yaml = format!(
+            "listen: [\"127.0.0.1:5353\"]\ncache:\n  min_ttl_secs: 0\nzones:\n  - name: \".\"\n    upstreams: [\"{up}\"]\n"
+        );
+        let config = crate::config::Config::parse(&yaml, "front-test.yaml").expect("config");
+        let metrics = Metrics::new(false);
+        let resolver = Resolver::new(&config, metrics.clone(), None, nodedns_resolver::Clock::starting_now());
+        FrontDoor::new(resolver, metrics, None, Arc::new(QueryLog::new(0.0)), qps)
+    }
+
+    fn arrival(front: &FrontDoor, proto: Proto) -> Arrival {
+        let received = Instant::now();
+        Arrival { proto, listener: 0, local: None, received, now: front.resolver.timestamp(received), wall: None }
+    }
+
+    fn packet(name: &str, rtype: RecordType) -> Vec<u8> {
+        new_query(name, rtype).unwrap().to_vec().unwrap()
+    }
+
+    /// Classifies `p` and decodes the answer, if one was made here.
+    fn classify(front: &FrontDoor, p: &[u8], proto: Proto) -> (Option<(Message, bool)>, Option<Miss>) {
+        let mut out = vec![0u8; 4096];
+        match front.classify(p, || Some(CLIENT), &arrival(front, proto), &mut out) {
+            Verdict::Answer { len, hit } => (Some((Message::from_vec(&out[..len]).unwrap(), hit)), None),
+            Verdict::Drop => (None, None),
+            Verdict::Miss(m) => (None, Some(m)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_carries_its_parsed_query_and_key_and_is_answered_then_hit_on_both_transports() {
+        let up = FakeUpstream::start();
+        up.answer("a.example", RecordType::A, &["192.0.2.1"], 60);
+        let (front, _prefetches) = front(up.addr(), 0);
+        let p = packet("A.Example", RecordType::A);
+        let (answer, miss) = classify(&front, &p, Proto::Udp);
+        assert!(answer.is_none());
+        let miss = miss.expect("a miss");
+        assert_eq!(miss.peer, CLIENT);
+        assert_eq!(miss.query.packet(), &p[..]);
+        assert_eq!(miss.query.cache_key().0.name.as_wire(), b"\x01a\x07example\x00");
+        let bytes = front.answer_miss(&miss).await.expect("answered");
+        assert_eq!(Message::from_vec(&bytes).unwrap().answers.len(), 1);
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let (answer, miss) = classify(&front, &p, proto);
+            let (m, hit) = answer.expect("answered from the cache");
+            assert!(hit && miss.is_none());
+            assert_eq!(m.answers.len(), 1);
+        }
+        assert_eq!(up.query_count("a.example.", RecordType::A), 1);
+    }
+
+    #[tokio::test]
+    async fn rejections_and_any_are_answered_here_and_garbage_is_dropped() {
+        let up = FakeUpstream::start();
+        let (front, _prefetches) = front(up.addr(), 0);
+        // Two questions: FORMERR (RFC 1035), made here.
+        let mut two = new_query("a.example", RecordType::A).unwrap();
+        two.add_query(hickory_proto::op::Query::query("b.example.".parse().unwrap(), RecordType::A));
+        let (answer, _) = classify(&front, &two.to_vec().unwrap(), Proto::Udp);
+        assert_eq!(answer.expect("FORMERR").0.metadata.response_code, ResponseCode::FormErr);
+        // ANY: one synthesized HINFO (RFC 8482), never a lookup.
+        let (answer, _) = classify(&front, &packet("a.example", RecordType::ANY), Proto::Tcp);
+        let (m, hit) = answer.expect("an ANY answer");
+        assert!(!hit);
+        assert_eq!(m.answers[0].record_type(), RecordType::HINFO);
+        // Not even a header: nothing to answer.
+        let (answer, miss) = classify(&front, &[0u8; 5], Proto::Udp);
+        assert!(answer.is_none() && miss.is_none());
+        assert_eq!(up.log().len(), 0, "nothing reached upstream");
+    }
+
+    #[tokio::test]
+    async fn a_client_over_its_rate_gets_refused_on_udp_and_tcp_alike_and_its_garbage_no_answer() {
+        let up = FakeUpstream::start();
+        up.answer("a.example", RecordType::A, &["192.0.2.1"], 60);
+        let (front, _prefetches) = front(up.addr(), 1);
+        let p = packet("a.example", RecordType::A);
+        // The first query spends the burst (1 qps); one budget covers both transports.
+        assert!(classify(&front, &p, Proto::Udp).1.is_some());
+        let (answer, _) = classify(&front, &p, Proto::Tcp);
+        assert_eq!(answer.expect("REFUSED").0.metadata.response_code, ResponseCode::Refused);
+        let (answer, _) = classify(&front, &p, Proto::Udp);
+        assert_eq!(answer.expect("REFUSED").0.metadata.response_code, ResponseCode::Refused);
+        let mut two = new_query("a.example", RecordType::A).unwrap();
+        two.add_query(hickory_proto::op::Query::query("b.example.".parse().unwrap(), RecordType::A));
+        let (answer, miss) = classify(&front, &two.to_vec().unwrap(), Proto::Udp);
+        assert!(answer.is_none() && miss.is_none(), "bad input over the rate gets nothing");
+    }
+
+    #[tokio::test]
+    async fn a_tcp_hit_due_for_refresh_queues_the_prefetch() {
+        let up = FakeUpstream::start();
+        up.answer("pop.example", RecordType::A, &["192.0.2.9"], 2);
+        let (front, mut prefetches) = front(up.addr(), 0);
+        let p = packet("pop.example", RecordType::A);
+        let miss = classify(&front, &p, Proto::Tcp).1.expect("a miss");
+        front.answer_miss(&miss).await.expect("answered");
+        // Popular (two hits), then in the last second of a 2 s life: due, once.
+        classify(&front, &p, Proto::Tcp);
+        classify(&front, &p, Proto::Tcp);
+        assert!(prefetches.try_recv().is_err(), "not due yet");
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let (answer, _) = classify(&front, &p, Proto::Tcp);
+        assert!(answer.expect("still a hit").1);
+        let queued = prefetches.try_recv().expect("the TCP hit queued the prefetch its claim stands for");
+        assert_eq!(queued.packet(), &p[..]);
+        classify(&front, &p, Proto::Tcp);
+        assert!(prefetches.try_recv().is_err(), "claimed once");
+    }
+}
