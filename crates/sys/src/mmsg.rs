@@ -59,7 +59,9 @@ impl<const LEN: usize> Ring<LEN> {
 /// as it uses the `BatchIo` (a UDP worker owns both). A descriptor closed early makes the calls
 /// fail with `EBADF`; the kernel only ever writes into the rings' own buffers.
 pub struct BatchIo {
+    /// The socket's descriptor, valid while `socket` (which owns it) is held.
     fd: RawFd,
+    socket: std::sync::Arc<std::net::UdpSocket>,
     rx: Ring<RECV_LEN>,
     tx: Ring<SEND_LEN>,
     tx_len: usize,
@@ -85,8 +87,16 @@ impl Received<'_> {
 }
 
 impl BatchIo {
-    pub fn new(fd: RawFd) -> Self {
-        Self { fd, rx: Ring::new(), tx: Ring::new(), tx_len: 0 }
+    /// Batched I/O on `socket`, which it keeps open: the descriptor the syscalls use can never
+    /// be closed (or reused for another file) under it.
+    pub fn new(socket: std::sync::Arc<std::net::UdpSocket>) -> Self {
+        use std::os::fd::AsRawFd;
+        Self { fd: socket.as_raw_fd(), socket, rx: Ring::new(), tx: Ring::new(), tx_len: 0 }
+    }
+
+    /// The socket batched on.
+    pub fn socket(&self) -> &std::sync::Arc<std::net::UdpSocket> {
+        &self.socket
     }
 
     /// Blocks until at least one datagram arrives (or the socket's receive timeout passes), then
@@ -98,8 +108,9 @@ impl BatchIo {
             self.rx.hdrs[i].msg_hdr.msg_flags = 0;
             self.rx.iovecs[i].iov_len = RECV_LEN;
         }
-        // SAFETY: `hdrs` holds BATCH initialized headers pointing into live buffers of the sizes
-        // given; the kernel writes at most those sizes.
+        // SAFETY: `fd` is the descriptor of `self.socket`, held open by this struct; `hdrs` holds
+        // BATCH initialized headers pointing into live buffers of the sizes given; the kernel
+        // writes at most those sizes.
         let n = unsafe {
             libc::recvmmsg(self.fd, self.rx.hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
         };
@@ -212,7 +223,6 @@ fn sockaddr_to_std(addr: &libc::sockaddr_storage, len: u32) -> Option<SocketAddr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn batch_round_trip_on_loopback() {
@@ -223,7 +233,7 @@ mod tests {
         for i in 0..5u8 {
             client.send_to(&[i; 3], server.local_addr().unwrap()).unwrap();
         }
-        let mut io = BatchIo::new(server.as_raw_fd());
+        let mut io = BatchIo::new(std::sync::Arc::new(server.try_clone().unwrap()));
         let mut got = 0;
         while got < 5 {
             let n = io.recv().unwrap();
@@ -266,7 +276,7 @@ mod tests {
         };
         client.send_to(&[7u8; RECV_LEN + 100], server.local_addr().unwrap()).unwrap();
         client.send_to(&[8u8; 10], server.local_addr().unwrap()).unwrap();
-        let mut io = BatchIo::new(server.as_raw_fd());
+        let mut io = BatchIo::new(std::sync::Arc::new(server.try_clone().unwrap()));
         let mut got = Vec::new();
         while got.len() < 2 {
             let n = io.recv().unwrap();
@@ -285,7 +295,7 @@ mod tests {
         for i in 0..3u8 {
             client.send_to(&[i; 4], server.local_addr().unwrap()).unwrap();
         }
-        let mut io = BatchIo::new(server.as_raw_fd());
+        let mut io = BatchIo::new(std::sync::Arc::new(server.try_clone().unwrap()));
         // Replies are queued across receives (queue_reply copies the address), flushed at once.
         let mut queued = 0;
         while queued < 3 {

@@ -3,7 +3,6 @@
 //! runtime, which answers through the same socket.
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
@@ -71,7 +70,7 @@ pub fn run_worker(
     }
     let resolver = front.resolver.clone();
     let metrics = front.metrics.clone();
-    let mut io = BatchIo::new(socket.as_raw_fd());
+    let mut io = BatchIo::new(socket.clone());
     let listener = socket.local_addr().map_or(0, |a| metrics.listener(a));
     // dnstap: the listener's address once, for every CLIENT_* message of this worker.
     let dnstap = front.dnstap.is_some();
