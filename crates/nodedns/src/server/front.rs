@@ -342,6 +342,13 @@ mod tests {
         new_query(name, rtype).unwrap().to_vec().unwrap()
     }
 
+    /// A query with two questions: malformed (FORMERR).
+    fn two_questions() -> Vec<u8> {
+        let mut two = new_query("a.example", RecordType::A).unwrap();
+        two.add_query(hickory_proto::op::Query::query("b.example.".parse().unwrap(), RecordType::A));
+        two.to_vec().unwrap()
+    }
+
     /// Classifies `p` and decodes the answer, if one was made here.
     fn classify(front: &FrontDoor, p: &[u8], proto: Proto) -> (Option<(Message, bool)>, Option<Miss>) {
         let mut out = vec![0u8; 4096];
@@ -380,9 +387,7 @@ mod tests {
         let up = FakeUpstream::start();
         let (front, _prefetches) = front(up.addr(), 0);
         // Two questions: FORMERR (RFC 1035), made here.
-        let mut two = new_query("a.example", RecordType::A).unwrap();
-        two.add_query(hickory_proto::op::Query::query("b.example.".parse().unwrap(), RecordType::A));
-        let (answer, _) = classify(&front, &two.to_vec().unwrap(), Proto::Udp);
+        let (answer, _) = classify(&front, &two_questions(), Proto::Udp);
         assert_eq!(answer.expect("FORMERR").0.metadata.response_code, ResponseCode::FormErr);
         // ANY: one synthesized HINFO (RFC 8482), never a lookup.
         let (answer, _) = classify(&front, &packet("a.example", RecordType::ANY), Proto::Tcp);
@@ -407,9 +412,7 @@ mod tests {
         assert_eq!(answer.expect("REFUSED").0.metadata.response_code, ResponseCode::Refused);
         let (answer, _) = classify(&front, &p, Proto::Udp);
         assert_eq!(answer.expect("REFUSED").0.metadata.response_code, ResponseCode::Refused);
-        let mut two = new_query("a.example", RecordType::A).unwrap();
-        two.add_query(hickory_proto::op::Query::query("b.example.".parse().unwrap(), RecordType::A));
-        let (answer, miss) = classify(&front, &two.to_vec().unwrap(), Proto::Udp);
+        let (answer, miss) = classify(&front, &two_questions(), Proto::Udp);
         assert!(answer.is_none() && miss.is_none(), "bad input over the rate gets nothing");
     }
 
