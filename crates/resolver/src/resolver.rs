@@ -126,9 +126,10 @@ impl Resolver {
             .cloned()
             .map(|z| Arc::new(Zone::new(z, &self.limits, &self.registry, self.taps.as_ref())))
             .collect();
+        let previous = self.zones();
         // Keep discovered endpoints of zones whose discovery target did not change.
         for zone in &next {
-            if let Some(old) = self.zones().iter().find(|o| {
+            if let Some(old) = previous.iter().find(|o| {
                 o.config.name == zone.config.name
                     && o.config.discover == zone.config.discover
                     && zone.config.discover.is_some()
@@ -138,13 +139,20 @@ impl Resolver {
                 zone.pool.set_fallback(zone.config.upstreams.addrs());
             }
         }
+        // Capping walks the whole cache: only when a ceiling can have gone down (a zone's TTL
+        // ceilings, the zones that own names, or the failure ceiling changed).
+        let ceilings = |zones: &[Arc<Zone>]| -> Vec<_> {
+            zones.iter().map(|z| (z.config.name.clone(), z.config.ttl.max_ttl, z.config.ttl.denial_max_ttl)).collect()
+        };
+        let ceilings_changed =
+            ceilings(&previous) != ceilings(&next) || self.cache_config.read().failure.max != config.cache.failure.max;
         self.registry.set_tcp_connections(next.iter().map(|z| &z.pool));
         self.events.zones_changed(&next);
         *self.cache_config.write() = config.cache.clone();
         *self.zones.write() = Arc::new(next);
         self.zones_version.send_modify(|v| *v += 1);
         self.cache.set_max_stale(config.cache.max_stale);
-        let capped = self.cap_cached_ttls(config);
+        let capped = if ceilings_changed { self.cap_cached_ttls(config) } else { 0 };
         if capped > 0 {
             tracing::info!(entries = capped, "cached entries capped at the reloaded TTL ceiling");
         }
