@@ -308,3 +308,27 @@ impl Drop for Knot {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Tears a network-namespace lab down: kills its processes, deletes its namespaces and the
+/// `/etc/netns/<name>` resolver directory of `pod_netns`, and removes its work directory —
+/// kept (and named) when the test is panicking, so its logs can be read.
+pub fn tear_down_lab<'a>(
+    processes: impl IntoIterator<Item = &'a mut Child>,
+    namespaces: &[&str],
+    pod_netns: &str,
+    dir: &Path,
+) {
+    for p in processes {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    for ns in namespaces {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(pod_netns));
+    if std::thread::panicking() {
+        eprintln!("--- lab files kept in {} ---", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -307,19 +307,8 @@ fn who(txt: &str) -> String {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for k in &mut self.knots {
-            let _ = k.kill();
-            let _ = k.wait();
-        }
-        for ns in [&self.pod, &self.up, &self.node] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.pod));
-        if std::thread::panicking() {
-            eprintln!("--- lab files kept in {} ---", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let namespaces = [self.pod.as_str(), self.up.as_str(), self.node.as_str()];
+        nodedns_e2e::tear_down_lab(self.knots.iter_mut(), &namespaces, &self.pod, &self.dir);
     }
 }
 
