@@ -80,14 +80,21 @@ impl Listeners {
         }
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
-        for &addr in addrs {
+        for &configured in addrs {
+            let mut addr = configured;
             let mut n = 0;
             for (a, s) in udp_in.extract_if(.., |(a, _)| *a == addr) {
                 udp.push((a, s));
                 n += 1;
             }
             for _ in n..workers.max(1) {
-                udp.push((addr, bind_udp(addr).map_err(|e| with_addr(e, "udp", addr))?));
+                let s = bind_udp(addr).map_err(|e| with_addr(e, "udp", addr))?;
+                // Port 0 (tests run in-process on `127.0.0.1:0`): the first socket takes a free
+                // port and the address's other sockets join it.
+                if addr.port() == 0 {
+                    addr = s.local_addr()?;
+                }
+                udp.push((addr, s));
             }
             match tcp_in.iter().position(|(a, _)| *a == addr) {
                 Some(i) => tcp.push(tcp_in.swap_remove(i)),
@@ -109,24 +116,10 @@ impl Listeners {
         Ok(out)
     }
 
-    /// Binds every address: `workers` UDP sockets and one TCP listener each. Port 0 takes a
-    /// free port from the first UDP socket, and the address's other sockets join it (tests run
-    /// the app in-process on `127.0.0.1:0`).
+    /// Binds every address: `workers` UDP sockets and one TCP listener each (port 0 allowed,
+    /// see [`Listeners::adopt_or_bind`]).
     pub fn bind(addrs: &[SocketAddr], workers: usize) -> io::Result<Listeners> {
-        let mut udp = Vec::new();
-        let mut tcp = Vec::new();
-        for &configured in addrs {
-            let mut addr = configured;
-            for _ in 0..workers.max(1) {
-                let s = bind_udp(addr).map_err(|e| with_addr(e, "udp", addr))?;
-                if addr.port() == 0 {
-                    addr = s.local_addr()?;
-                }
-                udp.push((addr, s));
-            }
-            tcp.push((addr, bind_tcp(addr).map_err(|e| with_addr(e, "tcp", addr))?));
-        }
-        Ok(Listeners { udp, tcp })
+        Self::adopt_or_bind(addrs, workers, Vec::new())
     }
 }
 
