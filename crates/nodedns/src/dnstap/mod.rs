@@ -244,6 +244,12 @@ impl Dnstap {
         Arc::new(ForwarderTap { tap: self.clone(), zone: zone.into() })
     }
 
+    /// Message buffers in existence (free, queued or being written; at most 8,192): once this
+    /// many exist, that many messages can be queued at once without allocating.
+    pub fn buffers(&self) -> usize {
+        self.shared.slots.load(Relaxed)
+    }
+
     /// Stops the writer after it has written what is queued and closed the stream (STOP, and
     /// FINISH from a socket reader), waiting at most `timeout`.
     pub fn shutdown(&self, timeout: Duration) {
